@@ -1,0 +1,174 @@
+"""Guest throughput and fault cost through cpu.py, against raw Unicorn in the same process.
+
+    python bench/bench_cpu.py [--slices N] [--repeat R]
+
+(a) Instructions per second running a loop with loads, stores, a call and a
+    branch in slices of 10,000 instructions: `Cpu.run(ctx, 10_000)` against the
+    fastest raw loop `emu_start(pc, 0, count=10_000)` + reading rip, taken over
+    both Unicorn memory configurations (default TLB, and UC_TLB_VIRTUAL with
+    a minimal fill hook, which is what cpu.py uses).
+(b) A fault turned into a TrapStop record, against a raw fault round trip
+    (emu_start -> unmapped read -> UcError -> read rip).
+
+Figures are medians over R repetitions.  Last line: `cpu ratio: X.XX`, our
+throughput over raw (higher is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
+from unicorn import UC_ARCH_X86, UC_HOOK_TLB_FILL, UC_MODE_64, UC_TLB_VIRTUAL, Uc, UcError  # noqa: E402
+from unicorn import x86_const as x86  # noqa: E402
+from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
+
+from akaros_sim.context import UserContext  # noqa: E402
+from akaros_sim.cpu import Cpu  # noqa: E402
+from akaros_sim.memory import AddressSpace, Prot  # noqa: E402
+
+SLICE = 10_000
+CODE, DATA, STACK = 0x400000, 0x600000, 0x800000
+LOOP = """
+    mov rcx, 0x7fffffffffff
+top:
+    mov rax, [rdi]
+    add rax, rcx
+    mov [rdi + 8], rax
+    imul rax, rax, 7
+    mov [rdi + 16], rax
+    call f
+    push rax
+    pop rbx
+    dec rcx
+    jnz top
+    hlt
+f:
+    mov rdx, [rdi + 16]
+    add rdx, 1
+    mov [rdi + 24], rdx
+    ret
+"""
+FAULT = "mov rbx, [rax]"
+
+
+def asm(src: str, addr: int) -> bytes:
+    return bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, addr, as_bytes=True)[0])
+
+
+def raw_machine(virtual_tlb: bool) -> Uc:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    if virtual_tlb:
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        spans = [(CODE, CODE + 0x1000, 5), (DATA, DATA + 0x1000, 3), (STACK - 0x10000, STACK, 3)]
+
+        def fill(_uc, vaddr, _access, entry, _ud):
+            for lo, hi, perms in spans:
+                if lo <= vaddr < hi:
+                    entry.paddr, entry.perms = vaddr & ~0xFFF, perms
+                    return True
+            return False
+
+        uc.hook_add(UC_HOOK_TLB_FILL, fill)
+    uc.mem_map(CODE, 0x1000, 5)
+    uc.mem_map(DATA, 0x1000, 3)
+    uc.mem_map(STACK - 0x10000, 0x10000, 3)
+    uc.reg_write(x86.UC_X86_REG_RDI, DATA)
+    uc.reg_write(x86.UC_X86_REG_RSP, STACK - 8)
+    return uc
+
+
+def raw_throughput(virtual_tlb: bool, slices: int) -> float:
+    uc = raw_machine(virtual_tlb)
+    uc.mem_write(CODE, asm(LOOP, CODE))
+    rip = ctypes.c_uint64(CODE)
+    uch = uc._uch
+    uclib.uc_emu_start(uch, CODE, 0, 0, SLICE)  # warm the translation cache
+    uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
+    t0 = time.perf_counter()
+    for _ in range(slices):
+        uclib.uc_emu_start(uch, rip.value, 0, 0, SLICE)
+        uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
+    return slices * SLICE / (time.perf_counter() - t0)
+
+
+def sim_machine(source: str) -> tuple[Cpu, UserContext]:
+    mem = AddressSpace()
+    cpu = Cpu(mem)
+    mem.map(CODE, 0x1000, Prot.READ | Prot.EXEC, "code")
+    mem.map(DATA, 0x1000, Prot.READ | Prot.WRITE, "data")
+    mem.map(STACK - 0x10000, 0x10000, Prot.READ | Prot.WRITE, "stack")
+    mem.write(CODE, asm(source, CODE))
+    return cpu, UserContext(rip=CODE, rsp=STACK - 8, rdi=DATA, rax=0x500000)
+
+
+def sim_throughput(slices: int) -> float:
+    cpu, ctx = sim_machine(LOOP)
+    cpu.run(ctx, SLICE)
+    t0 = time.perf_counter()
+    for _ in range(slices):
+        cpu.run(ctx, SLICE)
+    return slices * SLICE / (time.perf_counter() - t0)
+
+
+def raw_fault_us(n: int) -> float:
+    uc = raw_machine(virtual_tlb=False)
+    uc.mem_write(CODE, asm(FAULT, CODE))
+    uc.reg_write(x86.UC_X86_REG_RAX, 0x500000)
+    rip = ctypes.c_uint64()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        try:
+            uc.emu_start(CODE, 0, count=SLICE)
+        except UcError:
+            pass
+        uclib.uc_reg_read(uc._uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
+    assert rip.value == CODE
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def sim_fault_us(n: int) -> float:
+    cpu, ctx = sim_machine(FAULT)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ctx.rip = CODE
+        stop = cpu.run(ctx, SLICE)
+    assert stop.trap_nr == 14 and stop.aux == 0x500000
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slices", type=int, default=300, help="slices of 10,000 instructions per measurement")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed")
+    parser.add_argument("--faults", type=int, default=2000, help="faults per measurement")
+    args = parser.parse_args()
+
+    raw_default, raw_virtual, sim = [], [], []
+    raw_f, sim_f = [], []
+    for _ in range(args.repeat):  # interleaved so machine noise hits all alike
+        raw_default.append(raw_throughput(False, args.slices))
+        raw_virtual.append(raw_throughput(True, args.slices))
+        sim.append(sim_throughput(args.slices))
+        raw_f.append(raw_fault_us(args.faults))
+        sim_f.append(sim_fault_us(args.faults))
+    med = statistics.median
+    raw_best = max(med(raw_default), med(raw_virtual))
+    print(f"raw emu_start count={SLICE}, default TLB:      {med(raw_default) / 1e6:7.1f} Minsn/s")
+    print(f"raw emu_start count={SLICE}, virtual TLB+fill: {med(raw_virtual) / 1e6:7.1f} Minsn/s")
+    print(f"akaros_sim Cpu.run budget={SLICE}:             {med(sim) / 1e6:7.1f} Minsn/s")
+    print(f"raw fault round trip:                        {med(raw_f):7.1f} us")
+    print(f"akaros_sim fault -> TrapStop:                {med(sim_f):7.1f} us")
+    print(f"fault cost ratio (ours / raw):               {med(sim_f) / med(raw_f):7.2f}")
+    print(f"cpu ratio: {med(sim) / raw_best:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Shared fixtures: a small machine with code, data and stack regions."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+from akaros_sim.context import UserContext
+from akaros_sim.cpu import Cpu
+from akaros_sim.memory import AddressSpace, Prot
+
+CODE = 0x400000
+DATA = 0x600000
+STACK_TOP = 0x800000
+STACK_SIZE = 0x10000
+
+
+@functools.cache
+def _ks() -> Ks:
+    return Ks(KS_ARCH_X86, KS_MODE_64)
+
+
+@functools.cache
+def assemble_bytes(source: str, addr: int) -> bytes:
+    """Raw keystone assembly, for CPU tests that need no labels or directives."""
+    return bytes(_ks().asm(source, addr, as_bytes=True)[0])
+
+
+class Machine:
+    """An address space + CPU with code (R-X), data (RW) and a stack (RW) mapped."""
+
+    def __init__(self) -> None:
+        self.mem = AddressSpace()
+        self.cpu = Cpu(self.mem)
+        self.mem.map(CODE, 0x2000, Prot.READ | Prot.EXEC, "code")
+        self.mem.map(DATA, 0x2000, Prot.READ | Prot.WRITE, "data")
+        self.mem.map(STACK_TOP - STACK_SIZE, STACK_SIZE, Prot.READ | Prot.WRITE, "stack")
+
+    def load(self, source: str, at: int = CODE, **regs: int) -> UserContext:
+        """Assemble `source` at `at` and return a context ready to run it."""
+        self.mem.write(at, assemble_bytes(source, at))
+        return UserContext(rip=at, rsp=STACK_TOP - 8, **regs)
+
+
+@pytest.fixture
+def machine() -> Machine:
+    return Machine()

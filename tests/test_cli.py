@@ -1,0 +1,75 @@
+"""The akaros-sim command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from akaros_sim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_machine_tour_prints_every_stop(capsys):
+    """`machine --skip-faults` on the trap tour narrates each stop, in order, and exits 0."""
+    rc = main(["machine", "--skip-faults", str(ROOT / "examples" / "trap_tour.s")])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out == [
+        "trap_tour.s: entry 0x400000, budget 10000 instructions per slice",
+        "[       5 insns] syscall write(1, 0x401000, 21): b'hello from the guest\\n'",
+        "[       6 insns] #PF (trap 14) err=0x80000006 [W|U|VMR_BACKED] addr=0x10000008 at rip=0x40001f: "
+        "0x40001f: 48 c7 43 08 2a 00 00 00  mov qword ptr [rbx + 8], 0x2a",
+        "[       6 insns]   populated the page at 0x10000000; retrying",
+        "[       9 insns] #BP (trap 3) err=0x0 at rip=0x40002c: 0x40002b: cc  int3",
+        "[   50013 insns] ... 5 full slice(s) of 10000 instructions",
+        "[   50013 insns] #DE (trap 0) err=0x0 at rip=0x40003e: 0x40003e: f7 f1  div ecx",
+        "[   50013 insns]   skipping the 2-byte faulting instruction (--skip-faults)",
+        "[   50013 insns] #GP (trap 13) err=0x0 at rip=0x400040: 0x400040: f4  hlt",
+        "[   50013 insns]   skipping the 1-byte faulting instruction (--skip-faults)",
+        "[   50016 insns] syscall exit(0)",
+    ]
+
+
+def test_machine_stops_on_unhandled_fault_with_registers(capsys):
+    """Without --skip-faults the first unhandled trap ends the run with a register dump and status 1."""
+    rc = main(["machine", str(ROOT / "examples" / "trap_tour.s")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "unhandled fault; registers:" in out
+    assert "  rip     0x000000000040003e" in out
+    assert "  trap    0x00000000 DE" in out
+
+
+def test_machine_runs_an_elf(capsys):
+    """A static ELF runs from its entry point; its write reaches the console."""
+    rc = main(["machine", str(ROOT / "tests" / "elf" / "hello.elf")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "b'hello from C\\n'" in out
+
+
+def test_machine_reports_a_missing_program(capsys):
+    """A missing file is a one-line error naming it, status 2, no traceback."""
+    rc = main(["machine", "no/such/file.s"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("akaros-sim: ") and "no/such/file.s" in err and "Traceback" not in err
+
+
+def test_machine_reports_an_assembly_error(tmp_path, capsys):
+    """An assembly error names the file, the line and its text."""
+    src = tmp_path / "bad.s"
+    src.write_text("nop\nmovq rax,, 1\n")
+    rc = main(["machine", str(src)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "bad.s:2" in err and "movq rax,, 1" in err
+
+
+def test_cli_runs_as_a_module():
+    """`python -m akaros_sim.cli --help` works as a separate process."""
+    proc = subprocess.run([sys.executable, "-m", "akaros_sim.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "machine" in proc.stdout
