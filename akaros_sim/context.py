@@ -10,9 +10,8 @@ an opaque snapshot, the way Akaros keeps FP state in `uth->as`.
 
 from __future__ import annotations
 
+import ctypes
 import enum
-
-import attrs
 
 # Register order of Akaros's hw_trapframe (kern/arch/x86/ros/trapframe64.h),
 # which is also the order a trapframe is printed in.
@@ -21,6 +20,8 @@ GPR_NAMES = (
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 )  # fmt: skip
 REG_NAMES = GPR_NAMES + ("rip", "rflags", "rsp", "fs_base", "gs_base")
+_REG_INDEX = {name: i for i, name in enumerate(REG_NAMES)}
+_RFLAGS_INDEX = _REG_INDEX["rflags"]
 
 U64 = (1 << 64) - 1
 
@@ -64,16 +65,26 @@ class PfErr(enum.IntFlag):
     VMR_BACKED = 0x80000000  # a valid VMR whose page is not populated yet
 
 
-def _u64(inst, attribute, value):
-    if not isinstance(value, int) or not 0 <= value <= U64:
-        raise ValueError(f"UserContext.{attribute.name}: expected an unsigned 64-bit int, got {value!r}")
+def _check_u64(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64:
+        raise ValueError(f"UserContext.{name}: expected an unsigned 64-bit int, got {value!r}")
+    return value
 
 
-def _reg():
-    return attrs.field(default=0, validator=_u64, on_setattr=attrs.setters.validate)
+def _reg_property(index: int, name: str) -> property:
+    def get(self) -> int:
+        return self._regs[index]
+
+    def set(self, value: int) -> None:
+        self._regs[index] = _check_u64(name, value)
+
+    return property(get, set, doc=f"{name} (u64)")
 
 
-@attrs.define(slots=True, eq=True)
+_RegArray = ctypes.c_uint64 * len(REG_NAMES)
+_PtrArray = ctypes.c_void_p * len(REG_NAMES)
+
+
 class UserContext:
     """The saved state of a user context.
 
@@ -81,45 +92,60 @@ class UserContext:
     by `Cpu.run`, which writes back every register and, when the run stopped
     on a trap, the trap fields; a fault handler may edit any register before
     the context runs again.
+
+    The registers live in a ctypes array that Unicorn reads and writes in
+    place (`uc_reg_{read,write}_batch` with `ptrs`), which is what keeps a
+    slice switch cheap; as attributes they are validated u64 ints.
     """
 
-    # general registers (hw_trapframe order)
-    rax: int = _reg()
-    rbx: int = _reg()
-    rcx: int = _reg()
-    rdx: int = _reg()
-    rbp: int = _reg()
-    rsi: int = _reg()
-    rdi: int = _reg()
-    r8: int = _reg()
-    r9: int = _reg()
-    r10: int = _reg()
-    r11: int = _reg()
-    r12: int = _reg()
-    r13: int = _reg()
-    r14: int = _reg()
-    r15: int = _reg()
-    # control state
-    rip: int = _reg()
-    rflags: int = attrs.field(default=FL_ALWAYS, validator=_u64, on_setattr=attrs.setters.validate)
-    rsp: int = _reg()
-    fs_base: int = _reg()
-    gs_base: int = _reg()
-    # reflected trap (tf_trapno, tf_err, the aux word), valid when fault_pending
-    trap_nr: int = 0
-    err: int = 0
-    aux: int = 0
-    fault_pending: bool = False
-    # emulated CPU state beyond the registers above (x87/SSE), opaque
-    fpstate: bytes | None = attrs.field(default=None, repr=False, eq=False)
+    __slots__ = ("_regs", "ptrs", "trap_nr", "err", "aux", "fault_pending", "fpstate")
+
+    def __init__(
+        self, *, trap_nr: int = 0, err: int = 0, aux: int = 0, fault_pending: bool = False,
+        fpstate: bytes | None = None, **regs: int,
+    ) -> None:  # fmt: skip
+        self._regs = _RegArray()
+        base = ctypes.addressof(self._regs)
+        self.ptrs = _PtrArray(*(base + 8 * i for i in range(len(REG_NAMES))))
+        self._regs[_RFLAGS_INDEX] = FL_ALWAYS
+        for name, value in regs.items():
+            if name not in _REG_INDEX:
+                raise TypeError(f"UserContext: unknown register {name!r} (expected one of {', '.join(REG_NAMES)})")
+            self._regs[_REG_INDEX[name]] = _check_u64(name, value)
+        # reflected trap (tf_trapno, tf_err, the aux word), valid when fault_pending
+        self.trap_nr = trap_nr
+        self.err = err
+        self.aux = aux
+        self.fault_pending = fault_pending
+        # emulated CPU state beyond the registers (x87/SSE), opaque; not compared
+        self.fpstate = fpstate
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, UserContext):
+            return NotImplemented
+        return tuple(self._regs) == tuple(other._regs) and (
+            self.trap_nr, self.err, self.aux, self.fault_pending
+        ) == (other.trap_nr, other.err, other.aux, other.fault_pending)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        regs = ", ".join(f"{name}={value}" for name, value in zip(REG_NAMES, self._regs, strict=True))
+        return (
+            f"UserContext({regs}, trap_nr={self.trap_nr}, err={self.err}, aux={self.aux}, "
+            f"fault_pending={self.fault_pending})"
+        )
 
     def regs(self) -> dict[str, int]:
         """The registers by name, in trapframe order."""
-        return {name: getattr(self, name) for name in REG_NAMES}
+        return dict(zip(REG_NAMES, self._regs, strict=True))
 
     def copy(self) -> UserContext:
         """An independent copy (fpstate is immutable and shared)."""
-        return attrs.evolve(self)
+        return UserContext(
+            trap_nr=self.trap_nr, err=self.err, aux=self.aux, fault_pending=self.fault_pending,
+            fpstate=self.fpstate, **self.regs(),
+        )  # fmt: skip
 
     def set_trap(self, trap_nr: int, err: int = 0, aux: int = 0) -> None:
         """Mark this context as carrying a reflected trap."""
@@ -140,3 +166,8 @@ class UserContext:
             lines.append(f"  err     0x{self.err:08x}")
             lines.append(f"  aux     0x{self.aux:016x}")
         return "\n".join(lines)
+
+
+for _i, _name in enumerate(REG_NAMES):
+    setattr(UserContext, _name, _reg_property(_i, _name))
+del _i, _name

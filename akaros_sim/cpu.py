@@ -145,9 +145,6 @@ class TrapStop:
 StopReason = BudgetSpent | SyscallStop | TrapStop
 
 
-_set = object.__setattr__
-
-
 def is_canonical(addr: int) -> bool:
     """Bits 63..47 all equal, as x86-64 requires of a linear address."""
     top = addr >> 47
@@ -249,12 +246,8 @@ class Cpu:
         self._io_rip: int | None = None
         self._booting = True
         self._live: UserContext | None = None  # whose fpstate is in Unicorn now
-        # raw-ctypes register batch, preallocated (the Python batch API costs ~58 us)
+        # raw-ctypes register batch (the Python batch API costs ~58 us)
         self._reg_ids = (ctypes.c_int * _NREGS)(*(_UC_REGS[n] for n in REG_NAMES))
-        self._reg_vals = (ctypes.c_uint64 * _NREGS)()
-        self._reg_ptrs = (ctypes.c_void_p * _NREGS)(
-            *(ctypes.addressof(self._reg_vals) + 8 * i for i in range(_NREGS))
-        )
         self._uc_ctx = uc.context_save()
         self._ctx_buf = self._uc_ctx.context.value if hasattr(self._uc_ctx.context, "value") else None
 
@@ -352,24 +345,20 @@ class Cpu:
             raise ValueError(f"Cpu.run: expected a budget in [1, 2**62], got {budget!r}")
         if ctx is not self._live:
             self._switch_to(ctx)
-        vals = self._reg_vals
-        for i, name in enumerate(REG_NAMES):
-            vals[i] = getattr(ctx, name)
-        vals[_RFLAGS] = (vals[_RFLAGS] & FL_USER_MASK) | FL_ALWAYS
-        uclib.uc_reg_write_batch(self._uch, self._reg_ids, self._reg_ptrs, _NREGS)
+        # Unicorn reads and writes the context's own register array in place.
+        regs, ptrs = ctx._regs, ctx.ptrs
+        regs[_RFLAGS] = (regs[_RFLAGS] & FL_USER_MASK) | FL_ALWAYS
+        uclib.uc_reg_write_batch(self._uch, self._reg_ids, ptrs, _NREGS)
         self._intr = None
         self._syscall = False
         self._io_rip = None
         self.mem.last_fault = None
         self._running = True
         try:
-            status = uclib.uc_emu_start(self._uch, vals[_RIP], 0, 0, budget)
+            status = uclib.uc_emu_start(self._uch, regs[_RIP], 0, 0, budget)
         finally:
             self._running = False
-        uclib.uc_reg_read_batch(self._uch, self._reg_ids, self._reg_ptrs, _NREGS)
-        # Unicorn's values are u64 by construction: skip the attrs validators.
-        for i, name in enumerate(REG_NAMES):
-            _set(ctx, name, vals[i])
+        uclib.uc_reg_read_batch(self._uch, self._reg_ids, ptrs, _NREGS)
         counter = self._counter.value
         if status == ucc.UC_ERR_OK and self._intr is None and not self._syscall and self._io_rip is None:
             if counter != budget + 1:
@@ -379,10 +368,7 @@ class Cpu:
         stop = self._classify(ctx, status, counter)
         self.retired += stop.insns
         if isinstance(stop, TrapStop):
-            _set(ctx, "trap_nr", stop.trap_nr)
-            _set(ctx, "err", stop.err)
-            _set(ctx, "aux", stop.aux)
-            _set(ctx, "fault_pending", True)
+            ctx.set_trap(stop.trap_nr, stop.err, stop.aux)
         if self._intr is not None:
             self._reset_exception()
         return stop
@@ -442,8 +428,8 @@ class Cpu:
         for length in range(2, 8):
             insn = disassemble(self.mem, ret - length)
             if insn and insn[0].size == length and insn[0].mnemonic == "call":
-                _set(ctx, "rip", ret - length)
-                _set(ctx, "rsp", (ctx.rsp + 8) & U64)
+                ctx.rip = ret - length
+                ctx.rsp = (ctx.rsp + 8) & U64
                 return True
         return False
 
