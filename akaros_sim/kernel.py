@@ -1,0 +1,410 @@
+"""The kernel side of one process (an MCP): vcore grants, preemption, events, syscalls.
+
+Everything here runs in kernel context: either inside a syscall made by the
+running uthread, or as an engine event at its virtual time.  Kernel code never
+switches greenlets; it changes vcore state, posts event messages to vcore
+mailboxes and sets `notif_pending`, and the engine and parlib act on that.
+
+Syscalls are asynchronous as in Akaros: a blocking one returns a pending
+`Syscall`; the caller blocks on it (parlib's ros_syscall_blockon) and its
+completion, after the configured latency, posts EV_SYSCALL to the event queue
+the 2LS registered on it.
+
+Numbers are Akaros's (kern/include/ros/bits/syscall.h).  Calls at 0x1000 and
+above are parlib's, not the kernel's: guest code has no parlib to link
+against, so it reaches uthread_exit, yield, sigaction and friends through
+`syscall` with these numbers, and parlib serves them before the kernel would.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+import attrs
+
+from akaros_sim.engine import VcoreState
+from akaros_sim.memory import PAGE_SIZE, MemError, Prot
+
+# Kernel syscalls (Akaros numbering)
+SYS_null = 1
+SYS_block = 2
+SYS_getvcoreid = 8
+SYS_proc_destroy = 12
+SYS_proc_yield = 13
+SYS_mmap = 18
+SYS_munmap = 19
+SYS_mprotect = 20
+SYS_populate_va = 32
+SYS_nanosleep = 36
+SYS_write = 101
+SYS_gettime = 0x200  # not in Akaros (it reads the TSC); virtual ns here
+# parlib calls reached through `syscall` from guest code
+SYS_uthread_exit = 0x1000
+SYS_uthread_yield = 0x1001
+SYS_sigaction = 0x1002
+SYS_sigreturn = 0x1003
+SYS_guest_return = 0x1004  # end of a call_guest
+SYS_exit = SYS_proc_destroy
+
+SYSCALL_NAMES = {
+    SYS_null: "null", SYS_block: "block", SYS_getvcoreid: "getvcoreid", SYS_proc_destroy: "exit",
+    SYS_proc_yield: "proc_yield", SYS_mmap: "mmap", SYS_munmap: "munmap", SYS_mprotect: "mprotect",
+    SYS_populate_va: "populate_va", SYS_nanosleep: "nanosleep", SYS_write: "write", SYS_gettime: "gettime",
+    SYS_uthread_exit: "uthread_exit", SYS_uthread_yield: "uthread_yield", SYS_sigaction: "sigaction",
+    SYS_sigreturn: "sigreturn", SYS_guest_return: "guest_return",
+}  # fmt: skip
+
+MAP_FIXED = 0x10
+MAP_POPULATE = 0x8000
+MMAP_BASE = 0x2000_0000_0000  # where mmap places anonymous regions without MAP_FIXED
+
+# Event types (kern/include/ros/event.h)
+EV_PREEMPT_PENDING = 1
+EV_VCORE_PREEMPT = 3
+EV_USER_IPI = 5
+EV_ALARM = 7
+EV_SYSCALL = 10
+EV_CHECK_MSGS = 11
+EV_POSIX_SIGNAL = 12
+
+U64 = (1 << 64) - 1
+
+
+def neg_errno(code: int) -> int:
+    return -code & U64
+
+
+class SyscState(enum.Enum):
+    PENDING = "pending"
+    DONE = "done"
+
+
+@attrs.define(eq=False)
+class Syscall:
+    """One syscall in flight (Akaros's struct syscall)."""
+
+    id: int
+    nr: int
+    args: tuple
+    state: SyscState = SyscState.PENDING
+    retval: int = 0
+    ev_q: EventQueue | None = None  # registered by the 2LS (register_evq)
+    u_data: object = None  # the uthread blocked on it
+
+    @property
+    def name(self) -> str:
+        return SYSCALL_NAMES.get(self.nr, str(self.nr))
+
+
+@attrs.define(eq=False)
+class EventQueue:
+    """Where a kernel event goes: a vcore's mailbox, redirected if that vcore is offline."""
+
+    vcore: int = 0
+    spam: bool = True  # EVENT_SPAM_INDIR: redirect to an online vcore
+    wakeup: bool = True  # EVENT_WAKEUP: bring the process back if it is waiting
+    handler: object = None  # ev_handler run instead of the type's handlers
+
+
+@attrs.frozen
+class EventMsg:
+    """An event message (ev_type plus its arguments)."""
+
+    ev_type: int
+    arg2: int = 0
+    arg3: object = None
+
+
+class ProcState(enum.Enum):
+    RUNNING_M = "running_m"
+    WAITING = "waiting"
+    DYING = "dying"
+
+
+class Kernel:
+    """One process's kernel state.  Lifecycle: RUNNING_M -> (WAITING <-> RUNNING_M)* -> DYING."""
+
+    def __init__(self, sim, max_vcores: int) -> None:
+        self.sim = sim
+        self.engine = sim.engine
+        self.costs = sim.costs
+        self.max_vcores = max_vcores
+        self.amt_wanted = 1
+        self.state = ProcState.RUNNING_M
+        self.exit_status: int | None = None
+        self.console: list[str] = []
+        self._grant_pending = 0
+        self._sysc_ids = 0
+        self.latency_override: dict[int, int] = {}
+        self._next_mmap = MMAP_BASE
+
+    # -- vcores ---------------------------------------------------------------------------
+
+    def num_vcores(self) -> int:
+        return sum(1 for vc in self.engine.vcores if vc.online)
+
+    def request_total(self, total: int) -> None:
+        """vcore_request_total: raise amt_wanted (capped at max) and poke the ksched."""
+        total = min(total, self.max_vcores)
+        if total > self.amt_wanted:
+            self.amt_wanted = total
+        self.poke_ksched()
+
+    def poke_ksched(self) -> None:
+        """Grant vcores, after the grant latency, until amt_wanted are online or coming."""
+        while self.num_vcores() + self._grant_pending < self.amt_wanted:
+            if self._free_vcore() is None:
+                # every offline vcore is preempted for a while; retry when the first comes back
+                soon = min(vc.unavailable_until for vc in self.engine.vcores if not vc.online)
+                self.engine.schedule(soon, "ksched", self._retry_grant)
+                return
+            self._grant_pending += 1
+            self.engine.schedule(self._kernel_now() + self.costs.vcore_grant_ns, "grant", self._grant)
+
+    def _retry_grant(self) -> None:
+        self.poke_ksched()
+
+    def _free_vcore(self):
+        now = self._kernel_now()
+        reserved = self._grant_pending
+        for vc in self.engine.vcores:
+            if not vc.online and vc.unavailable_until <= now:
+                if reserved == 0:
+                    return vc
+                reserved -= 1
+        return None
+
+    def _kernel_now(self) -> int:
+        vc = self.engine.current
+        return vc.clock if vc is not None else self.engine.now
+
+    def _grant(self) -> None:
+        self._grant_pending -= 1
+        if self.state is ProcState.DYING or self.num_vcores() >= self.amt_wanted:
+            return
+        vc = self._free_vcore()
+        if vc is None:
+            self.poke_ksched()
+            return
+        self.bring_online(vc, self.engine.now)
+
+    def bring_online(self, vc, t: int) -> None:
+        """The kernel starts `vc` at time t: fresh at vcore_entry, or back in its saved vcore context."""
+        was_preempted = vc.state is VcoreState.PREEMPTED
+        vc.set_state(VcoreState.ONLINE)
+        vc.clock = max(vc.clock, t)
+        vc.online_since = vc.clock
+        self.state = ProcState.RUNNING_M
+        if was_preempted and vc.gl is not None and vc.in_vcore_ctx:
+            reason = "resume_vcore_ctx"  # preempted in vcore context: resume it in place
+        else:
+            self.engine.start_vcore(vc, "granted" if not was_preempted else "restart")
+            reason = "start"
+        self.sim.trace_event(vc, "vcore_online", how=reason, amt_wanted=self.amt_wanted)
+        if vc.tick_period:
+            self.sim.arm_tick(vc)
+
+    def sys_yield(self, vc, being_nice: bool) -> bool:
+        """SYS_proc_yield from vcore context.  True: the vcore is now offline."""
+        if vc.notif_pending:
+            return False
+        if being_nice:
+            if not vc.preempt_pending:
+                return False
+        elif self.amt_wanted >= self.num_vcores():
+            return False
+        vc.preempt_pending = 0
+        vc.set_state(VcoreState.OFFLINE)
+        self.sim.trace_event(vc, "vcore_offline", nice=being_nice, amt_wanted=self.amt_wanted)
+        if being_nice:
+            # The kernel wanted this pcore: it stays away as if preempted, then
+            # the ksched gives the process what it still wants.
+            vc.unavailable_until = self._kernel_now() + self.costs.preempt_duration_ns
+            self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
+        if vc.tick_event is not None:
+            vc.tick_event.cancelled = True
+            vc.tick_event = None
+        if self.num_vcores() == 0:
+            self.state = ProcState.WAITING
+        return True
+
+    # -- preemption -------------------------------------------------------------------------
+
+    def preempt(self, vcoreid: int, warning_ns: int = 0, duration_ns: int | None = None) -> None:
+        """Take vcore `vcoreid` away now (warning_ns == 0) or after a preempt_pending warning."""
+        vc = self.engine.vcores[vcoreid]
+        if not vc.online:
+            self.sim.trace_event(vc, "preempt_skipped", why=vc.state.value)
+            return
+        if warning_ns:
+            vc.preempt_pending = self.engine.now + warning_ns
+            self.sim.trace_event(vc, "preempt_warn", deadline=vc.preempt_pending)
+            self.post(vc, EventMsg(EV_PREEMPT_PENDING), notify=True)
+            self.engine.schedule(vc.preempt_pending, "preempt", self._preempt_deadline, vc, duration_ns)
+        else:
+            self._preempt_now(vc, duration_ns)
+
+    def _preempt_deadline(self, vc, duration_ns) -> None:
+        if vc.online and vc.preempt_pending:
+            self._preempt_now(vc, duration_ns)
+
+    def _preempt_now(self, vc, duration_ns) -> None:
+        vc.preempt_pending = 0
+        vc.nr_preempts += 1
+        vc.set_state(VcoreState.PREEMPTED)
+        if vc.tick_event is not None:
+            vc.tick_event.cancelled = True
+            vc.tick_event = None
+        duration = self.costs.preempt_duration_ns if duration_ns is None else duration_ns
+        vc.unavailable_until = self.engine.now + duration
+        uth = vc.current_uthread
+        self.sim.trace_event(
+            vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None, until=vc.unavailable_until
+        )
+        others = [o for o in self.engine.vcores if o.online]
+        msg = EventMsg(EV_VCORE_PREEMPT, arg2=vc.id)
+        if others:
+            self.post(others[0], msg, notify=True)
+        else:
+            # EVENT_WAKEUP: the process needs a vcore to recover its uthread.
+            self.post(vc, msg, notify=False)
+            self.state = ProcState.WAITING
+            self.amt_wanted = max(self.amt_wanted, 1)
+        self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
+        self.poke_ksched()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def post(self, vc, msg: EventMsg, notify: bool = True) -> None:
+        """Put msg in vc's mailbox and, with notify, set notif_pending (the IPI)."""
+        vc.mailbox.append(msg)
+        if notify:
+            vc.notif_pending = True
+        self.sim.trace_event(vc, "event_post", ev_type=msg.ev_type, arg2=msg.arg2)
+
+    def send_event(self, evq: EventQueue, msg: EventMsg) -> None:
+        """Deliver to evq's vcore; if offline, spam to the first online one; wake a waiting process."""
+        vcores = self.engine.vcores
+        target = vcores[evq.vcore] if 0 <= evq.vcore < len(vcores) else vcores[0]
+        if not target.online and evq.spam:
+            online = [vc for vc in vcores if vc.online]
+            if online:
+                target = online[0]
+        self.post(target, msg, notify=True)
+        if self.num_vcores() == 0 and evq.wakeup and self.state is not ProcState.DYING:
+            self.state = ProcState.RUNNING_M
+            if self.amt_wanted == 0:
+                self.amt_wanted = 1
+            self.poke_ksched()
+
+    # -- syscalls ---------------------------------------------------------------------------------
+
+    def new_syscall(self, nr: int, args: tuple) -> Syscall:
+        self._sysc_ids += 1
+        return Syscall(self._sysc_ids, nr, tuple(args))
+
+    def latency(self, nr: int) -> int:
+        if nr in self.latency_override:
+            return self.latency_override[nr]
+        if nr == SYS_populate_va:
+            return self.costs.populate_latency_ns
+        return self.costs.syscall_latency_ns
+
+    def submit(self, sysc: Syscall, vc) -> None:
+        """Start a syscall.  Non-blocking ones are DONE on return; blocking ones complete later."""
+        nr, a = sysc.nr, sysc.args + (0,) * (6 - len(sysc.args))
+        sim = self.sim
+        if nr == SYS_null:
+            self._done(sysc, 0)
+        elif nr == SYS_getvcoreid:
+            self._done(sysc, vc.id if vc is not None else 0)
+        elif nr == SYS_gettime:
+            self._done(sysc, self._kernel_now())
+        elif nr == SYS_write:
+            self._done(sysc, self._write(a[0], a[1], a[2], vc))
+        elif nr == SYS_proc_destroy:
+            sim.process_exit(a[0], why="exit syscall")
+            self._done(sysc, 0)
+        elif nr == SYS_mmap:
+            self._done(sysc, self._mmap(*a[:6]))
+        elif nr == SYS_munmap:
+            self._done(sysc, self._munmap(a[0], a[1]))
+        elif nr == SYS_mprotect:
+            self._done(sysc, self._mprotect(a[0], a[1], a[2]))
+        elif nr in (SYS_block, SYS_nanosleep):
+            delay = a[0] if nr == SYS_block else self.latency(nr)
+            self._complete_later(sysc, delay, 0)
+        elif nr == SYS_populate_va:
+            self._complete_later(sysc, self.latency(nr), None)
+        elif nr == SYS_proc_yield:
+            self._done(sysc, 0)  # from a uthread this just returns (an MCP yields from vcore context)
+        else:
+            self._done(sysc, neg_errno(errno.ENOSYS))
+
+    def _done(self, sysc: Syscall, retval: int) -> None:
+        sysc.retval = retval & U64
+        sysc.state = SyscState.DONE
+
+    def _complete_later(self, sysc: Syscall, delay: int, retval: int | None) -> None:
+        self.engine.schedule(self._kernel_now() + delay, "syscall_done", self._complete, sysc, retval)
+
+    def _complete(self, sysc: Syscall, retval: int | None) -> None:
+        if retval is None:  # populate_va: back the pages now
+            addr, npages = sysc.args[0], max(sysc.args[1], 1) if len(sysc.args) > 1 else 1
+            done = self.sim.mem.populate(addr, npages)
+            retval = 0 if done or self.sim.mem.lookup(addr) is not None else neg_errno(errno.EINVAL)
+        self._done(sysc, retval)
+        self.sim.trace_event(None, "syscall_done", sysc=sysc.id, name=sysc.name, ret=sysc.retval)
+        if sysc.ev_q is not None:
+            self.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))
+
+    def _write(self, fd: int, buf: int, length: int, vc) -> int:
+        if fd not in (1, 2):
+            return neg_errno(errno.EBADF)
+        try:
+            text = self.sim.mem.read(buf, length).decode("utf-8", "replace")
+        except MemError:
+            return neg_errno(errno.EFAULT)
+        self.console.append(text)
+        self.sim.trace_event(vc, "console", fd=fd, text=text)
+        return length
+
+    def _mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = 0, off: int = 0) -> int:
+        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if length == 0 or prot & ~7:
+            return neg_errno(errno.EINVAL)
+        mem = self.sim.mem
+        if flags & MAP_FIXED:
+            if addr % PAGE_SIZE:
+                return neg_errno(errno.EINVAL)
+            try:
+                mem.unmap(addr, length)
+            except MemError:
+                return neg_errno(errno.EINVAL)
+        else:
+            addr = self._next_mmap
+            self._next_mmap += length + PAGE_SIZE  # leave a hole between regions
+        try:
+            mem.map(addr, length, Prot(prot), "mmap", backed=bool(flags & MAP_POPULATE))
+        except MemError:
+            return neg_errno(errno.ENOMEM)
+        return addr
+
+    def _munmap(self, addr: int, length: int) -> int:
+        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        try:
+            self.sim.mem.unmap(addr, length)
+        except MemError:
+            return neg_errno(errno.EINVAL)
+        return 0
+
+    def _mprotect(self, addr: int, length: int, prot: int) -> int:
+        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if prot & ~7:
+            return neg_errno(errno.EINVAL)
+        try:
+            self.sim.mem.protect(addr, length, Prot(prot))
+        except MemError:
+            return neg_errno(errno.ENOMEM)
+        return 0

@@ -1,0 +1,571 @@
+"""Simulation: one process on the simulated machine, owning everything (SimPy's Environment).
+
+A Simulation holds the address space and CPU, the engine (clocks, events,
+vcores), the kernel, the 2LS's `sched_ops` table, the trace and a seeded
+`random.Random`.  Nothing lives at module level: two simulations run side by
+side in one process.
+
+Lifecycle: build (programs, 2LS, threads) -> run() once -> inspect results.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import struct
+import traceback
+
+import attrs
+from greenlet import GreenletExit, getcurrent
+
+from akaros_sim.context import TrapNr, UserContext
+from akaros_sim.cpu import BudgetSpent, Cpu, SyscallStop, TrapStop
+from akaros_sim.disasm import describe_insn
+from akaros_sim.engine import Costs, Engine, EngineError, SimGreenlet, StopSimulation, VcoreState
+from akaros_sim.kernel import (
+    EV_SYSCALL,
+    SYS_guest_return,
+    SYS_sigaction,
+    SYS_sigreturn,
+    SYS_uthread_exit,
+    SYS_uthread_yield,
+    SYSCALL_NAMES,
+    EventMsg,
+    EventQueue,
+    Kernel,
+    ProcState,
+    SyscState,
+)
+from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
+from akaros_sim.sched_ops import SchedOps
+from akaros_sim.uthread import JoinState, Uthread, UthFlag, UthreadEntry, UthreadKind, UthState
+from akaros_sim import vcore as vcore_mod
+
+# Guest layout the runtime owns.
+VDSO = 0x7FFF_FFFE_0000  # runtime trampolines (R-X)
+STACK_AREA = 0x7FF0_0000_0000  # guest stacks grow down from here, one slot per uthread
+DEFAULT_STACK = 64 * 1024
+RED_ZONE = 128
+
+# vdso trampolines: where a returning guest uthread, signal handler or call_guest lands.
+_VDSO_EXIT = VDSO  # mov rdi, rax; mov eax, SYS_uthread_exit; syscall; ud2
+_VDSO_SIGRETURN = VDSO + 0x20  # mov eax, SYS_sigreturn; syscall; ud2
+_VDSO_GUEST_RETURN = VDSO + 0x40  # mov eax, SYS_guest_return; syscall; ud2
+_VDSO_CODE = {
+    _VDSO_EXIT: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_uthread_exit) + b"\x0f\x05\x0f\x0b",
+    _VDSO_SIGRETURN: b"\xb8" + struct.pack("<I", SYS_sigreturn) + b"\x0f\x05\x0f\x0b",
+    _VDSO_GUEST_RETURN: b"\xb8" + struct.pack("<I", SYS_guest_return) + b"\x0f\x05\x0f\x0b",
+}
+
+SIGNAL_NAMES = {4: "SIGILL", 5: "SIGTRAP", 7: "SIGBUS", 8: "SIGFPE", 11: "SIGSEGV"}
+
+
+class RunEnd(enum.Enum):
+    """Why Simulation.run returned."""
+
+    ALL_EXITED = "all uthreads exited"
+    PROCESS_EXITED = "process exited"
+    TIME_BUDGET = "virtual-time budget reached"
+    INSN_BUDGET = "instruction budget reached"
+    IDLE = "nothing left to run (every vcore yielded, no event pending)"
+
+
+@attrs.frozen
+class VcoreStats:
+    vcore: int
+    busy_ns: int
+    uthread_ns: int
+    switches: int
+    preemptions: int
+
+
+@attrs.frozen
+class RunResult:
+    """What a run did: why it ended, exit status, time, instructions, per-vcore statistics."""
+
+    end: RunEnd
+    exit_status: int | None
+    time_ns: int
+    insns: int
+    vcores: tuple[VcoreStats, ...]
+    counts: dict
+    report: str | None = None
+
+
+class SimulationError(RuntimeError):
+    """Bad use of the Simulation API (the message names the object at fault)."""
+
+
+class Simulation:
+    """One process: memory, CPU, vcores, kernel, 2LS, trace, seeded RNG."""
+
+    def __init__(self, vcores: int = 1, *, seed: int = 0, costs: Costs | None = None, trace=None) -> None:
+        from akaros_sim.trace import Trace
+
+        if not isinstance(vcores, int) or vcores < 1:
+            raise SimulationError(f"Simulation: expected vcores >= 1, got {vcores!r}")
+        self.costs = costs or Costs()
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.mem = AddressSpace()
+        self.cpu = Cpu(self.mem)
+        self.engine = Engine(self, vcores, self.costs)
+        self.kernel = Kernel(self, vcores)
+        self.cpu.tsc = self._tsc
+        self.trace = trace if trace is not None else Trace({"seed": seed, "vcores": vcores})
+        self.ops: SchedOps | None = None
+        self.ev_handlers: dict[int, list] = {}
+        self.uthreads: list[Uthread] = []
+        self.programs: dict = {}
+        self.sigactions: dict[int, int] = {}  # signo -> guest handler address
+        self.report: str | None = None
+        self._started = False
+        self._next_stack = STACK_AREA
+        self._pending_threads: list[UthreadEntry] = []
+        self.mem.map(VDSO, PAGE_SIZE, Prot.READ | Prot.EXEC, "vdso", backing=self._vdso_bytes())
+
+    # -- building ---------------------------------------------------------------------
+
+    @staticmethod
+    def _vdso_bytes() -> bytes:
+        page = bytearray(PAGE_SIZE)
+        for addr, code in _VDSO_CODE.items():
+            page[addr - VDSO : addr - VDSO + len(code)] = code
+        return bytes(page)
+
+    def load(self, program) -> None:
+        """Map a Program's segments (assembled or ELF)."""
+        self.mem.load(program)
+        self.programs[program.name] = program
+
+    def set_sched(self, sched) -> SchedOps:
+        """Install a 2LS: a SchedOps table, or an object whose methods are the ops."""
+        ops = sched if isinstance(sched, SchedOps) else SchedOps.from_object(sched)
+        self.ops = ops
+        return ops
+
+    def spawn(self, entry: UthreadEntry) -> None:
+        """Create this uthread (through sched_ops.thread_create) when the run starts."""
+        if self._started:
+            raise SimulationError("Simulation.spawn: the run has started; use parlib.uthread_create from a uthread")
+        self._pending_threads.append(entry)
+
+    def spawn_guest(self, name: str, entry: int, *args: int) -> None:
+        self.spawn(UthreadEntry.guest(name, entry, *args))
+
+    def spawn_python(self, name: str, func, *args) -> None:
+        self.spawn(UthreadEntry.python(name, func, *args))
+
+    # -- injections (kernel events at a virtual time) ----------------------------------------
+
+    def at(self, time_ns: int, what: str, fn, *args) -> None:
+        """Run fn(*args) in kernel context at time_ns (an injection); `what` names it in the trace."""
+        if not isinstance(time_ns, int) or time_ns < 0:
+            raise SimulationError(f"Simulation.at: expected a time >= 0 ns, got {time_ns!r}")
+
+        def inject():
+            self.trace_event(None, "inject", what=what)
+            fn(*args)
+
+        self.engine.schedule(time_ns, "inject", inject)
+
+    def preempt_at(self, time_ns: int, vcore: int, warning_ns: int = 0, duration_ns: int | None = None) -> None:
+        """Preempt `vcore` at time_ns, after a preempt_pending warning of warning_ns if > 0."""
+        if not 0 <= vcore < len(self.engine.vcores):
+            raise SimulationError(f"preempt_at: no vcore {vcore} (the machine has {len(self.engine.vcores)})")
+        self.at(time_ns, f"preempt vcore {vcore}", self.kernel.preempt, vcore, warning_ns, duration_ns)
+
+    def set_syscall_latency(self, nr: int, ns: int) -> None:
+        """Blocking syscall `nr` completes after ns (instead of the Costs default)."""
+        self.kernel.latency_override[nr] = ns
+
+    def uthread(self, name: str) -> Uthread:
+        for uth in self.uthreads:
+            if uth.name == name:
+                return uth
+        raise KeyError(f"no uthread named {name!r}")
+
+    # -- tracing ------------------------------------------------------------------------
+
+    def now(self) -> int:
+        vc = self.engine.current
+        return vc.clock if vc is not None else self.engine.now
+
+    def trace_event(self, vc, kind: str, /, uth=None, **details) -> None:
+        if vc is None:
+            vc = self.engine.current
+        if uth is None and vc is not None:
+            uth = vc.current_uthread
+        self.trace.emit(self.now(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind, **details)
+
+    def engine_error(self, message: str) -> EngineError:
+        return EngineError(message)
+
+    def _tsc(self) -> int:
+        return self.now()
+
+    # -- ops ------------------------------------------------------------------------------
+
+    def call_op(self, name: str, *args):
+        """Call sched_ops.<name> (looked up now, so replacing or interposing it takes effect)."""
+        op = getattr(self.ops, name)
+        if op is None:
+            raise SimulationError(f"sched_ops {self.ops.name!r}: op {name} is missing")
+        self.engine.charge(self.costs.sched_op_ns)
+        self.trace_event(None, "op", op=name, args=tuple(_describe_arg(a) for a in args))
+        return op(*args)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, *, until_ns: int | None = None, max_insns: int | None = None) -> RunResult:
+        """Run until every uthread has exited, the process exits, or a budget is reached."""
+        if self._started:
+            raise SimulationError("Simulation.run: a simulation runs once")
+        if self.ops is None:
+            raise SimulationError("Simulation.run: no 2LS installed (set_sched)")
+        self.ops.validate()
+        self._started = True
+        engine = self.engine
+        engine.gl = getcurrent()
+        self._until = until_ns
+        self._max_insns = max_insns
+        end = None
+        try:
+            self._in_greenlet(self._setup)
+            end = self._loop()
+        finally:
+            self._kill_greenlets()
+        vcs = tuple(
+            VcoreStats(vc.id, vc.busy_ns, vc.uthread_ns, vc.switches, vc.nr_preempts) for vc in engine.vcores
+        )
+        time_ns = max([vc.clock for vc in engine.vcores] + [engine.now])
+        engine.now = time_ns
+        self.trace_event(None, "run_end", end=end.name, status=self.kernel.exit_status, insns=self.cpu.retired)
+        return RunResult(end, self.kernel.exit_status, time_ns, self.cpu.retired, vcs, self.trace.counts(), self.report)
+
+    def _in_greenlet(self, fn) -> None:
+        """Run fn in a SimGreenlet so parlib can find this simulation (the SCP phase)."""
+        gl = SimGreenlet(fn, getcurrent(), self)
+        gl.switch()
+
+    def _setup(self) -> None:
+        # The SCP phase on vcore 0: sched_init, then the initial threads (thread0 making them).
+        vc0 = self.engine.vcores[0]
+        vc0.set_state(VcoreState.ONLINE)
+        self.trace_event(None, "sched_init", sched=self.ops.name)
+        self.call_op("sched_init")
+        for entry in self._pending_threads:
+            uth = self.call_op("thread_create", entry)
+            if not isinstance(uth, Uthread):
+                raise SimulationError(f"sched_ops.thread_create returned {uth!r} for {entry.name!r}, not a Uthread")
+        vc0.clock = vc0.online_since = self.engine.now
+        self.engine.start_vcore(vc0, "process_start")
+        self.trace_event(vc0, "vcore_online", how="start", amt_wanted=self.kernel.amt_wanted)
+
+    def _loop(self) -> RunEnd:
+        engine, kernel = self.engine, self.kernel
+        while True:
+            if kernel.state is ProcState.DYING:
+                return RunEnd.PROCESS_EXITED
+            if self.uthreads and all(u.has_exited for u in self.uthreads):
+                return RunEnd.ALL_EXITED
+            if self._max_insns is not None and self.cpu.retired >= self._max_insns:
+                return RunEnd.INSN_BUDGET
+            vc = engine.next_vcore()
+            t_ev = engine.next_event_time()
+            if vc is None and t_ev is None:
+                return RunEnd.IDLE
+            t_next = t_ev if vc is None or (t_ev is not None and t_ev <= vc.clock) else vc.clock
+            if self._until is not None and t_next >= self._until:
+                return RunEnd.TIME_BUDGET
+            if vc is None or (t_ev is not None and t_ev <= vc.clock):
+                ev = engine.pop_event()
+                engine.now = max(engine.now, ev.time)
+                ev.fn(*ev.args)
+                continue
+            engine.step(vc)
+            if self._until is not None:
+                engine.horizon = min(engine.horizon, self._until)
+
+    def _kill_greenlets(self) -> None:
+        """End every suspended greenlet now, deterministically, instead of at GC time."""
+        here = getcurrent()
+        for uth in self.uthreads:
+            gl = uth.greenlet
+            if gl is not None and not gl.dead and gl is not here:
+                try:
+                    gl.parent = here
+                    gl.throw(GreenletExit)
+                except (GreenletExit, ValueError):
+                    pass
+        for vc in self.engine.vcores:
+            gl = vc.gl
+            if gl is not None and not gl.dead and gl is not here and getattr(gl, "uth", None) is None:
+                try:
+                    gl.parent = here
+                    gl.throw(GreenletExit)
+                except (GreenletExit, ValueError):
+                    pass
+
+    def process_exit(self, status: int, why: str, report: str | None = None) -> None:
+        """The process ends (exit syscall, fatal fault, or the last thread exiting)."""
+        if self.kernel.state is ProcState.DYING:
+            return
+        self.kernel.state = ProcState.DYING
+        self.kernel.exit_status = status
+        if report is not None:
+            self.report = report
+        self.trace_event(None, "process_exit", status=status, why=why)
+
+    def die_if_exited(self) -> None:
+        """From vcore or uthread context: leave for the engine if the process has ended."""
+        if self.kernel.state is ProcState.DYING and getcurrent() is not self.engine.gl:
+            raise StopSimulation()
+
+    # -- vcore context --------------------------------------------------------------------------
+
+    def _vcore_entry(self, vc, reason: str, action) -> None:
+        try:
+            vcore_mod.vcore_entry(self, vc, reason, action)
+        except StopSimulation:
+            self.engine.gl.switch()
+
+    def arm_tick(self, vc) -> None:
+        if vc.tick_event is not None:
+            vc.tick_event.cancelled = True
+        vc.tick_event = self.engine.schedule(vc.clock + vc.tick_period, "tick", self._tick, vc)
+
+    def _tick(self, vc) -> None:
+        vc.tick_event = None
+        if not vc.online or not vc.tick_period:
+            return
+        vc.tick_expired += 1
+        vc.notif_pending = True
+        self.trace_event(vc, "tick", expired=vc.tick_expired)
+        self.arm_tick(vc)
+
+    # -- uthreads -----------------------------------------------------------------------------
+
+    def register_uthread(self, uth: Uthread) -> None:
+        uth.id = len(self.uthreads)
+        self.uthreads.append(uth)
+        if uth.kind is UthreadKind.GUEST:
+            self._setup_guest_stack(uth)
+            uth.ctx = UserContext(rip=uth.entry.entry, rsp=uth.stack_hi - 8)
+            for reg, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), uth.entry.args, strict=False):
+                setattr(uth.ctx, reg, value & ((1 << 64) - 1))
+            self.mem.write_u64(uth.ctx.rsp, _VDSO_EXIT)  # returning from entry exits the uthread
+        self.trace_event(None, "uthread_create", uth=uth, type=uth.kind.value, id=uth.id)
+
+    def _setup_guest_stack(self, uth: Uthread, size: int = DEFAULT_STACK) -> None:
+        """A stack for uth, with an unmapped guard page below it."""
+        top = self._next_stack
+        self._next_stack -= size + PAGE_SIZE
+        self.mem.map(top - size, size, Prot.READ | Prot.WRITE, f"stack:{uth.name}")
+        uth.stack_lo, uth.stack_hi = top - size, top
+
+    def _make_uthread_greenlet(self, uth: Uthread) -> SimGreenlet:
+        run = self._guest_main if uth.kind is UthreadKind.GUEST else self._python_main
+        return SimGreenlet(lambda: run(uth), self.engine.gl, self, uth)
+
+    def _guest_main(self, uth: Uthread) -> None:
+        try:
+            self.guest_loop(uth)
+        except StopSimulation:
+            self.engine.gl.switch()
+
+    def _python_main(self, uth: Uthread) -> None:
+        from akaros_sim import parlib
+
+        try:
+            try:
+                ret = uth.entry.func(*uth.entry.args)
+            except (StopSimulation, GreenletExit):
+                raise
+            except Exception as exc:  # a bug in the uthread: the process ends with a report
+                report = f"uthread {uth.name!r} raised {type(exc).__name__}: {exc}\n" + "".join(
+                    traceback.format_exception(exc)[-3:]
+                )
+                self.process_exit(-1, f"uthread {uth.name!r} raised {type(exc).__name__}", report)
+                raise StopSimulation() from None
+            parlib.uthread_exit(ret)
+        except StopSimulation:
+            self.engine.gl.switch()
+
+    def preempt_point(self, uth: Uthread) -> None:
+        """In uthread context: let other vcores run, then take a pending notification."""
+        engine = self.engine
+        if engine.over_horizon():
+            engine.yield_to_engine()
+        self.die_if_exited()
+        vc = uth.vcore
+        if vc.notif_pending and not vc.notif_disabled:
+            self.trace_event(vc, "notify", uth=uth)
+            engine.enter_vcore_context(vc, "notify")
+            self.die_if_exited()
+
+    def guest_loop(self, uth: Uthread, call: bool = False) -> int:
+        """Run uth's guest context until it exits (or, with call, until it returns to call_guest)."""
+        engine, cpu, costs = self.engine, self.cpu, self.costs
+        ctx = uth.ctx
+        while True:
+            vc = uth.vcore
+            if uth.sig_pending is not None:
+                self._deliver_signal(uth)
+            room = (engine.horizon - vc.clock) // costs.insn_ns + 1 if costs.insn_ns else costs.slice_insns
+            budget = max(1, min(costs.slice_insns, room))
+            stop = cpu.run(ctx, budget)
+            engine.charge(stop.insns * costs.insn_ns, uthread_time=True)
+            if isinstance(stop, BudgetSpent):
+                self.preempt_point(uth)
+                continue
+            if isinstance(stop, SyscallStop):
+                if call and stop.nr == SYS_guest_return:
+                    return ctx.rax
+                ctx.rax = self._guest_syscall(uth, stop) & ((1 << 64) - 1)
+                self.preempt_point(uth)
+                continue
+            self._reflect_fault(uth, stop)
+
+    def _reflect_fault(self, uth: Uthread, stop: TrapStop) -> None:
+        vc = uth.vcore
+        self.engine.charge(self.costs.fault_reflect_ns)
+        self.trace_event(
+            vc, "fault", uth=uth, trap=stop.trap_nr, err=stop.err, aux=stop.aux, rip=uth.ctx.rip,
+            insn=describe_insn(self.mem, uth.ctx.rip),
+        )  # fmt: skip
+        self.engine.enter_vcore_context(vc, "fault")
+        self.die_if_exited()
+
+    def fault_report(self, uth: Uthread, headline: str) -> str:
+        ctx = uth.ctx
+        try:
+            name = TrapNr(ctx.trap_nr).name
+        except ValueError:
+            name = "?"
+        return (
+            f"{headline}: uthread {uth.name!r} trap {ctx.trap_nr} (#{name}) err {ctx.err:#x} aux {ctx.aux:#x}\n"
+            f"  at {describe_insn(self.mem, ctx.rip)}\n{ctx}"
+        )
+
+    # -- syscalls ---------------------------------------------------------------------------------
+
+    def _guest_syscall(self, uth: Uthread, stop: SyscallStop) -> int:
+        from akaros_sim import parlib
+
+        nr, a = stop.nr, stop.args
+        if nr == SYS_uthread_exit:
+            parlib.uthread_exit(a[0])
+        if nr == SYS_uthread_yield:
+            parlib.uthread_sched_yield()
+            return 0
+        if nr == SYS_sigaction:
+            return self._sigaction(a[0], a[1])
+        if nr == SYS_sigreturn:
+            self._sigreturn(uth)
+            return uth.ctx.rax
+        return self.do_syscall(uth, nr, a)
+
+    def do_syscall(self, uth: Uthread, nr: int, args) -> int:
+        """A kernel syscall from uthread context; blocks the uthread if it does not complete at once."""
+        from akaros_sim import parlib
+
+        vc = uth.vcore
+        self.engine.charge(self.costs.syscall_entry_ns)
+        sysc = self.kernel.new_syscall(nr, tuple(args))
+        self.trace_event(vc, "syscall", uth=uth, sysc=sysc.id, name=sysc.name, args=tuple(args))
+        self.kernel.submit(sysc, vc)
+        self.die_if_exited()
+        if sysc.state is SyscState.PENDING:
+            # ros_syscall_blockon: the 2LS decides the uthread's fate in vcore context
+            parlib.uthread_yield(True, self.ops_thread_blockon_sysc, sysc)
+        return sysc.retval
+
+    def ops_thread_blockon_sysc(self, uth, sysc) -> None:
+        sysc.u_data = uth
+        uth.sysc = sysc
+        self.call_op("thread_blockon_sysc", uth, sysc)
+
+    def register_evq(self, sysc, evq: EventQueue) -> bool:
+        """Ask for an event when sysc completes; False if it already has (the caller restarts the thread)."""
+        if sysc.state is SyscState.DONE:
+            return False
+        sysc.ev_q = evq
+        return True
+
+    def post_syscall_event(self, sysc) -> None:
+        self.kernel.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))
+
+    # -- signals (parlib's sigstate, for guest handlers) ----------------------------------------------
+
+    def _sigaction(self, signo: int, handler: int) -> int:
+        if not 1 <= signo < 64:
+            return -22 & ((1 << 64) - 1)
+        old = self.sigactions.get(signo, 0)
+        if handler:
+            self.sigactions[signo] = handler
+        else:
+            self.sigactions.pop(signo, None)
+        self.trace_event(None, "sigaction", signo=signo, handler=handler)
+        return old
+
+    def _deliver_signal(self, uth: Uthread) -> None:
+        """Run the guest's handler for uth's pending signal on uth's stack (Akaros's __prep_sighandler)."""
+        signo, code, addr = uth.sig_pending
+        uth.sig_pending = None
+        handler = self.sigactions.get(signo)
+        ctx = uth.ctx
+        if handler is None:
+            name = SIGNAL_NAMES.get(signo, f"signal {signo}")
+            report = self.fault_report(uth, f"{name} with no handler: the process is destroyed")
+            self.process_exit(128 + signo, f"{name} (default action)", report)
+            raise StopSimulation()
+        # sigdata below the red zone: saved registers (trapframe order) + trap fields, then siginfo
+        regs = ctx.regs()
+        frame = struct.pack(f"<{len(regs)}Q", *regs.values()) + struct.pack("<3Q", ctx.trap_nr, ctx.err, ctx.aux)
+        info = struct.pack("<3Q", signo, code, addr)
+        base = ((ctx.rsp - RED_ZONE - len(frame) - len(info)) & ~0xF)
+        self.mem.write(base, frame + info)
+        sp = (base - 8) & ~0xF
+        self.mem.write_u64(sp - 8, _VDSO_SIGRETURN)  # the handler's return address
+        uth.sigdata = base
+        self.trace_event(uth.vcore, "signal", uth=uth, signo=signo, code=code, addr=addr, handler=handler, frame=base)
+        ctx.rip, ctx.rsp = handler, sp - 8
+        ctx.rdi, ctx.rsi, ctx.rdx = signo, base + len(frame), base
+        ctx.clear_trap()
+
+    def _sigreturn(self, uth: Uthread) -> None:
+        """Back from a guest handler: restore the (possibly edited) saved context, then uthread_paused."""
+        from akaros_sim import parlib
+        from akaros_sim.context import REG_NAMES
+
+        base = uth.sigdata
+        if not base:
+            return
+        values = struct.unpack(f"<{len(REG_NAMES)}Q", self.mem.read(base, 8 * len(REG_NAMES)))
+        uth.sigdata = 0
+        self.cpu.forget(uth.ctx)
+        for name, value in zip(REG_NAMES, values, strict=True):
+            setattr(uth.ctx, name, value)
+        uth.ctx.clear_trap()
+        self.trace_event(uth.vcore, "sigreturn", uth=uth, rip=uth.ctx.rip)
+        parlib.uthread_yield(True, _exit_sighandler_cb, None)
+
+
+def _exit_sighandler_cb(uth, _arg) -> None:
+    from akaros_sim import parlib
+
+    parlib.uthread_paused(uth)
+
+
+def _describe_arg(arg):
+    """A deterministic short form of an op argument for the trace."""
+    if arg is None or isinstance(arg, (bool, int, str)):
+        return arg
+    name = getattr(arg, "name", None)
+    if isinstance(name, str):
+        return name
+    sysc_id = getattr(arg, "id", None)
+    if isinstance(sysc_id, int):
+        return f"{type(arg).__name__}#{sysc_id}"
+    return type(arg).__name__

@@ -1,0 +1,249 @@
+"""Akaros's pthread 2LS (user/pthread/pthread.c), built on the public akaros_sim API.
+
+A global FIFO ready queue and an active queue; every enqueue asks for
+`threads_ready` more vcores; new, woken, yielding, paused and preempted
+threads all go to the ready tail; an idle vcore yields.  Its refl-fault
+policy is Akaros's:
+
+* #DE -> SIGFPE (FPE_INTDIV)
+* #GP -> SIGSEGV (SEGV_ACCERR), except Go's trick: rax>>48 == 0xDEAD fills the
+  function table at rax & 0xFFFFFFFFFFFF and skips the 2-byte call
+* #PF with PF_VMR_BACKED -> an async SYS_populate_va, the thread blocks on it and
+  resumes at the faulting instruction
+* other #PF -> SIGSEGV (SEGV_MAPERR, si_addr = the address)
+* anything else -> "Pthread has unhandled fault", the process exits(-1)
+
+Difference kept on purpose: Akaros calls __pthread_generic_yield twice on the
+populate path (refl fault, then blockon_sysc); here the second call finds the
+thread already off the active queue and does nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+
+from akaros_sim.context import PfErr, TrapNr
+from akaros_sim.kernel import SYS_populate_va
+from akaros_sim.parlib import (
+    FPE_INTDIV,
+    SEGV_ACCERR,
+    SEGV_MAPERR,
+    SIGFPE,
+    SIGSEGV,
+    UTH_EXT_BLK_MUTEX,
+    UTH_EXT_BLK_YIELD,
+    block_uthread_on_async_sysc,
+    check_preempt_pending,
+    current_sim,
+    current_uthread,
+    exit,
+    fault_report,
+    get_eventq,
+    handle_events,
+    max_vcores,
+    register_evq,
+    run_current_uthread,
+    run_uthread,
+    syscall_async,
+    trace,
+    uthread_2ls_init,
+    uthread_cleanup,
+    uthread_init,
+    uthread_prep_signal_from_fault,
+    vcore_id,
+    vcore_request_more,
+    vcore_yield,
+)
+from akaros_sim.uthread import Uthread
+
+GO_TABLE_MAGIC = 0xDEAD
+GO_TABLE_SENTINEL = 0xDEADBEEF
+GO_TABLE_ENTRIES = 7
+# Where the Go table's function pointers point: the runtime has no such
+# functions, so each entry is a distinct recognisable non-canonical address.
+GO_TABLE_FUNC_BASE = 0x60D0_0000_0000_0000
+
+
+class PthState(enum.IntEnum):
+    """pthread.h's PTH_* states."""
+
+    CREATED = 1
+    RUNNABLE = 2
+    RUNNING = 3
+    EXITING = 4
+    BLK_YIELDING = 5
+    BLK_SYSC = 6
+    BLK_MUTEX = 7
+    BLK_PAUSED = 8
+    BLK_MISC = 9
+
+
+_BLOCKED = frozenset(
+    {PthState.CREATED, PthState.BLK_YIELDING, PthState.BLK_SYSC, PthState.BLK_MUTEX, PthState.BLK_PAUSED,
+     PthState.BLK_MISC}
+)  # fmt: skip
+
+
+class PthreadTcb(Uthread):
+    """pthread_tcb: a uthread plus the 2LS's own fields."""
+
+    def __init__(self, entry, pth_id: int) -> None:
+        super().__init__(entry)
+        self.pth_state = PthState.CREATED
+        self.pth_id = pth_id
+
+
+class PthreadError(RuntimeError):
+    """A broken pthread invariant (Akaros would panic)."""
+
+
+class PthreadSched:
+    """The pthread 2LS.  Its methods are the sched_ops."""
+
+    name = "pthread"
+
+    def __init__(self, **params) -> None:
+        if params:
+            raise ValueError(f"pthread 2LS: unknown parameter(s) {', '.join(sorted(params))} (it takes none)")
+        self.ready_queue: deque[PthreadTcb] = deque()
+        self.active_queue: dict[PthreadTcb, None] = {}  # insertion-ordered set
+        self.threads_ready = 0
+        self.threads_active = 0
+        self.threads_total = 0
+        self._next_id = 1
+        self.sysc_evqs = []
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _generic_yield(self, pth: PthreadTcb) -> None:
+        """__pthread_generic_yield: take a thread that leaves its core off the active queue."""
+        if pth in self.active_queue:
+            del self.active_queue[pth]
+            self.threads_active -= 1
+
+    # -- sched_ops ------------------------------------------------------------------------
+
+    def sched_init(self) -> None:
+        self.sysc_evqs = [get_eventq(i) for i in range(max_vcores())]
+        uthread_2ls_init(self._handle_sysc)
+
+    def sched_entry(self) -> None:
+        if current_uthread() is not None:
+            run_current_uthread()
+        while True:
+            handle_events()
+            check_preempt_pending()
+            if self.ready_queue:
+                new = self.ready_queue.popleft()
+                self.threads_ready -= 1
+                new.pth_state = PthState.RUNNING
+                self.active_queue[new] = None
+                self.threads_active += 1
+                break
+            vcore_yield(False)
+        run_uthread(new)
+
+    def thread_runnable(self, uth: PthreadTcb) -> None:
+        if uth.pth_state not in _BLOCKED:
+            raise PthreadError(f"pthread {uth.name!r}: made runnable from state {uth.pth_state.name}")
+        uth.pth_state = PthState.RUNNABLE
+        self.ready_queue.append(uth)
+        self.threads_ready += 1
+        vcore_request_more(self.threads_ready)
+
+    def thread_paused(self, uth: PthreadTcb) -> None:
+        self._generic_yield(uth)
+        uth.pth_state = PthState.BLK_PAUSED
+        self.thread_runnable(uth)
+
+    def thread_blockon_sysc(self, uth: PthreadTcb, sysc) -> None:
+        self._generic_yield(uth)
+        uth.pth_state = PthState.BLK_SYSC
+        if not register_evq(sysc, self.sysc_evqs[vcore_id()]):
+            self._restart_thread(sysc)
+
+    def thread_has_blocked(self, uth: PthreadTcb, flags: int) -> None:
+        self._generic_yield(uth)
+        if flags == UTH_EXT_BLK_YIELD:
+            uth.pth_state = PthState.BLK_YIELDING
+        elif flags == UTH_EXT_BLK_MUTEX:
+            uth.pth_state = PthState.BLK_MUTEX
+        else:
+            uth.pth_state = PthState.BLK_MISC
+
+    def thread_refl_fault(self, uth: PthreadTcb, ctx) -> None:
+        self._generic_yield(uth)
+        uth.pth_state = PthState.BLK_SYSC
+        trap, err, aux = ctx.trap_nr, ctx.err, ctx.aux
+        if trap == TrapNr.DE:
+            self._signal_and_restart(uth, SIGFPE, FPE_INTDIV, aux)
+        elif trap == TrapNr.GP:
+            self._handle_gp_fault(uth, ctx)
+        elif trap == TrapNr.PF:
+            if not err & PfErr.VMR_BACKED:
+                self._signal_and_restart(uth, SIGSEGV, SEGV_MAPERR, aux)
+            else:
+                sysc = syscall_async(SYS_populate_va, aux, 1)
+                block_uthread_on_async_sysc(uth, sysc)
+        else:
+            exit(-1, fault_report(uth, "Pthread has unhandled fault"))
+
+    def thread_exited(self, uth: PthreadTcb) -> None:
+        self._generic_yield(uth)
+        uth.pth_state = PthState.EXITING
+        uthread_cleanup(uth)
+        self.threads_total -= 1
+        if self.threads_total == 0:
+            exit(0)
+
+    def thread_create(self, entry) -> PthreadTcb:
+        pth = PthreadTcb(entry, self._next_id)
+        self._next_id += 1
+        uthread_init(pth)
+        self.threads_total += 1
+        self.thread_runnable(pth)
+        return pth
+
+    def got_posix_signal(self, signo: int, info) -> None:
+        trace("posix_signal", signo=signo)
+
+    def thread_bulk_runnable(self, sync) -> None:
+        woken = 0
+        while sync.queue:
+            pth = sync.queue.popleft()
+            pth.pth_state = PthState.RUNNABLE
+            self.ready_queue.append(pth)
+            woken += 1
+        self.threads_ready += woken
+        if woken:
+            vcore_request_more(self.threads_ready)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _handle_sysc(self, sysc) -> None:
+        self._restart_thread(sysc)
+
+    def _restart_thread(self, sysc) -> None:
+        uth = sysc.u_data
+        uth.sysc = None
+        self.thread_runnable(uth)
+
+    def _signal_and_restart(self, uth: PthreadTcb, signo: int, code: int, addr: int) -> None:
+        uthread_prep_signal_from_fault(uth, signo, code, addr)
+        self.thread_runnable(uth)
+
+    def _handle_gp_fault(self, uth: PthreadTcb, ctx) -> None:
+        if ctx.rax >> 48 == GO_TABLE_MAGIC:
+            table = ctx.rax & 0xFFFF_FFFF_FFFF
+            mem = current_sim().mem
+            funcs = [GO_TABLE_FUNC_BASE + i for i in range(GO_TABLE_ENTRIES)]
+            mem.write(table, struct.pack(f"<{GO_TABLE_ENTRIES}Q", *funcs))
+            if mem.read_u64(table + 8 * GO_TABLE_ENTRIES) != GO_TABLE_SENTINEL:
+                raise PthreadError(f"Go table at {table:#x}: entry 7 is not 0xDEADBEEF")
+            trace("go_table", table=table)
+            ctx.rip += 2  # skip the 2-byte `call rax`
+            self.thread_runnable(uth)
+            return
+        self._signal_and_restart(uth, SIGSEGV, SEGV_ACCERR, ctx.aux)

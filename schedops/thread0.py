@@ -1,0 +1,100 @@
+"""Akaros's thread0 2LS (user/parlib/thread0_sched.c): one uthread, no others.
+
+The default 2LS of a process that never asked for one: it runs thread0 and
+nothing else, on vcore 0.  A blocking syscall makes the vcore yield until the
+completion event; a VMR-backed page fault blocks on SYS_populate_va; every
+other fault prints "Thread has unhandled fault" and the process exits(-1).
+Creating a second thread is an error, as in Akaros (a panic there).
+"""
+
+from __future__ import annotations
+
+from akaros_sim.context import PfErr, TrapNr
+from akaros_sim.kernel import SYS_populate_va
+from akaros_sim.parlib import (
+    block_uthread_on_async_sysc,
+    current_uthread,
+    exit,
+    fault_report,
+    get_eventq,
+    handle_events,
+    register_evq,
+    run_current_uthread,
+    run_uthread,
+    syscall_async,
+    uthread_2ls_init,
+    uthread_cleanup,
+    uthread_init,
+    vcore_yield,
+)
+from akaros_sim.uthread import JoinState, Uthread, UthFlag
+
+
+class Thread0Error(RuntimeError):
+    """What Akaros's thread0 2LS would panic on."""
+
+
+class Thread0Sched:
+    """The single-thread 2LS.  Its methods are the sched_ops."""
+
+    name = "thread0"
+
+    def __init__(self, **params) -> None:
+        if params:
+            raise ValueError(f"thread0 2LS: unknown parameter(s) {', '.join(sorted(params))} (it takes none)")
+        self.thread0: Uthread | None = None
+        self.is_blocked = False
+        self.sysc_evq = None
+
+    def sched_init(self) -> None:
+        self.sysc_evq = get_eventq(0)
+        uthread_2ls_init(self._handle_syscall)
+
+    def _handle_syscall(self, sysc) -> None:
+        self.is_blocked = False
+
+    def sched_entry(self) -> None:
+        if current_uthread() is not None:
+            run_current_uthread()
+        while True:
+            if not self.is_blocked and self.thread0 is not None:
+                run_uthread(self.thread0)
+            vcore_yield(False)
+            handle_events()
+
+    def thread_runnable(self, uth: Uthread) -> None:
+        self.is_blocked = False
+
+    thread_paused = thread_runnable
+
+    def thread_has_blocked(self, uth: Uthread, flags: int) -> None:
+        self.is_blocked = True
+
+    def thread_blockon_sysc(self, uth: Uthread, sysc) -> None:
+        self.thread_has_blocked(uth, 0)
+        if not register_evq(sysc, self.sysc_evq):
+            self.thread_runnable(uth)
+
+    def thread_refl_fault(self, uth: Uthread, ctx) -> None:
+        if ctx.trap_nr == TrapNr.PF and ctx.err & PfErr.VMR_BACKED:
+            sysc = syscall_async(SYS_populate_va, ctx.aux, 1)
+            block_uthread_on_async_sysc(uth, sysc)
+            return
+        exit(-1, fault_report(uth, "Thread has unhandled fault"))
+
+    def thread_exited(self, uth: Uthread) -> None:
+        uthread_cleanup(uth)
+        exit(0)
+
+    def thread_create(self, entry) -> Uthread:
+        if self.thread0 is not None:
+            raise Thread0Error(f"thread0 2LS asked to create more threads ({entry.name!r} after {self.thread0.name!r})")
+        uth = Uthread(entry)
+        uth.flags |= UthFlag.IS_THREAD0
+        uth.join_state = JoinState.DETACHED  # thread0 is detached: its exit ends the process
+        uthread_init(uth)
+        self.thread0 = uth
+        return uth
+
+    def got_posix_signal(self, signo: int, info) -> None:
+        pass
