@@ -188,6 +188,7 @@ class Engine:
         self.horizon = 0  # the running vcore yields to the engine once its clock passes this
         self.gl: greenlet | None = None  # the engine's own greenlet
         self.now = 0  # time of the last event handled or vcore step started
+        self.until: int | None = None  # the run's virtual-time budget
 
     # -- events ---------------------------------------------------------------------
 
@@ -242,6 +243,8 @@ class Engine:
         for other in self.vcores:
             if other is not vc and other.online and (horizon is None or other.clock < horizon):
                 horizon = other.clock
+        if self.until is not None and (horizon is None or self.until < horizon):
+            horizon = self.until
         return horizon if horizon is not None else 1 << 62
 
     # -- the waist --------------------------------------------------------------------

@@ -165,15 +165,17 @@ class Kernel:
     def _retry_grant(self) -> None:
         self.poke_ksched()
 
-    def _free_vcore(self):
+    def _free_vcores(self) -> list:
+        """Vcores the ksched can grant now, in grant order: those with mail waiting
+        first (Akaros grants the head of its inactive list, where events for a
+        waiting process were posted), then by id."""
         now = self._kernel_now()
-        reserved = self._grant_pending
-        for vc in self.engine.vcores:
-            if not vc.online and vc.unavailable_until <= now:
-                if reserved == 0:
-                    return vc
-                reserved -= 1
-        return None
+        free = [vc for vc in self.engine.vcores if not vc.online and vc.unavailable_until <= now]
+        return sorted(free, key=lambda vc: (not vc.mailbox, vc.id))
+
+    def _free_vcore(self):
+        free = self._free_vcores()
+        return free[self._grant_pending] if len(free) > self._grant_pending else None
 
     def _kernel_now(self) -> int:
         vc = self.engine.current
@@ -183,7 +185,8 @@ class Kernel:
         self._grant_pending -= 1
         if self.state is ProcState.DYING or self.num_vcores() >= self.amt_wanted:
             return
-        vc = self._free_vcore()
+        free = self._free_vcores()
+        vc = free[0] if free else None
         if vc is None:
             self.poke_ksched()
             return
@@ -262,15 +265,12 @@ class Kernel:
         self.sim.trace_event(
             vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None, until=vc.unavailable_until
         )
-        others = [o for o in self.engine.vcores if o.online]
-        msg = EventMsg(EV_VCORE_PREEMPT, arg2=vc.id)
-        if others:
-            self.post(others[0], msg, notify=True)
-        else:
-            # EVENT_WAKEUP: the process needs a vcore to recover its uthread.
-            self.post(vc, msg, notify=False)
+        # preempt_ev_q (SPAM_PUBLIC | WAKEUP): an online vcore recovers the
+        # uthread; with none online, the vcore granted next does.
+        if self.num_vcores() == 0:
             self.state = ProcState.WAITING
             self.amt_wanted = max(self.amt_wanted, 1)
+        self.send_event(EventQueue(vc.id), EventMsg(EV_VCORE_PREEMPT, arg2=vc.id))
         self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
         self.poke_ksched()
 
@@ -291,6 +291,11 @@ class Kernel:
             online = [vc for vc in vcores if vc.online]
             if online:
                 target = online[0]
+            else:
+                # Nobody is online: post where the next grant will land.
+                free = self._free_vcores()
+                if free and not target.mailbox and target not in free[:1]:
+                    target = free[0]
         self.post(target, msg, notify=True)
         if self.num_vcores() == 0 and evq.wakeup and self.state is not ProcState.DYING:
             self.state = ProcState.RUNNING_M

@@ -11,7 +11,7 @@ running uthread.  Violations raise ParlibError naming the function.
 
 from __future__ import annotations
 
-from greenlet import getcurrent
+from greenlet import GreenletExit, getcurrent
 
 from akaros_sim.engine import EngineError
 from akaros_sim.kernel import EV_SYSCALL, SYS_block, EventQueue
@@ -40,6 +40,9 @@ def _sim(fn: str):
     sim = getattr(getcurrent(), "sim", None)
     if sim is None:
         raise ParlibError(f"{fn}: not called from inside a running Simulation")
+    if sim.finished:
+        # the run is over and this uthread is being unwound: do nothing more
+        raise GreenletExit()
     return sim
 
 
@@ -179,9 +182,18 @@ def run_current_uthread() -> None:
 
 
 def _handle_refl_fault(sim, vc, uth: Uthread) -> None:
+    from akaros_sim.interpose import FaultStatus, HandlerFailed
+
     uth.ctx.fault_pending = False  # clear_refl_fault: the trap fields stay readable
-    sim.call_op("thread_refl_fault", uth, uth.ctx)
+    try:
+        status = sim.call_op("thread_refl_fault", uth, uth.ctx)
+    except HandlerFailed as failed:
+        exit(-1, f"{failed}\n" + sim.fault_report(uth, "fault handler failed"))
     sim.die_if_exited()
+    if status is FaultStatus.FAULT_FIXED:
+        # fixed by an interposed handler: resume at once here; the 2LS never sees it
+        sim.trace_event(vc, "fault_fixed", uth=uth, rip=uth.ctx.rip)
+        _pop(sim, vc, uth, "fault_fixed")
     raise RestartVcoreEntry()
 
 

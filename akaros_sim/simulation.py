@@ -50,11 +50,11 @@ RED_ZONE = 128
 # vdso trampolines: where a returning guest uthread, signal handler or call_guest lands.
 _VDSO_EXIT = VDSO  # mov rdi, rax; mov eax, SYS_uthread_exit; syscall; ud2
 _VDSO_SIGRETURN = VDSO + 0x20  # mov eax, SYS_sigreturn; syscall; ud2
-_VDSO_GUEST_RETURN = VDSO + 0x40  # mov eax, SYS_guest_return; syscall; ud2
+_VDSO_GUEST_RETURN = VDSO + 0x40  # mov rdi, rax; mov eax, SYS_guest_return; syscall; ud2
 _VDSO_CODE = {
     _VDSO_EXIT: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_uthread_exit) + b"\x0f\x05\x0f\x0b",
     _VDSO_SIGRETURN: b"\xb8" + struct.pack("<I", SYS_sigreturn) + b"\x0f\x05\x0f\x0b",
-    _VDSO_GUEST_RETURN: b"\xb8" + struct.pack("<I", SYS_guest_return) + b"\x0f\x05\x0f\x0b",
+    _VDSO_GUEST_RETURN: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_guest_return) + b"\x0f\x05\x0f\x0b",
 }
 
 SIGNAL_NAMES = {4: "SIGILL", 5: "SIGTRAP", 7: "SIGBUS", 8: "SIGFPE", 11: "SIGSEGV"}
@@ -118,8 +118,11 @@ class Simulation:
         self.uthreads: list[Uthread] = []
         self.programs: dict = {}
         self.sigactions: dict[int, int] = {}  # signo -> guest handler address
+        self._fault_chain = None  # the HandlerChain behind register_fault_handler
+        self.extable = None  # the ExtableHandler, once a program with an extable is loaded
         self.report: str | None = None
         self._started = False
+        self.finished = False  # set when run() is over: parlib then refuses to act
         self._next_stack = STACK_AREA
         self._pending_threads: list[UthreadEntry] = []
         self.mem.map(VDSO, PAGE_SIZE, Prot.READ | Prot.EXEC, "vdso", backing=self._vdso_bytes())
@@ -134,15 +137,68 @@ class Simulation:
         return bytes(page)
 
     def load(self, program) -> None:
-        """Map a Program's segments (assembled or ELF)."""
+        """Map a Program's segments (assembled or ELF).
+
+        A program with exception-table entries gets them added to the process's
+        table, and the first such program registers the extable fault handler
+        (at the head of the fault chain), as Linux does at boot.
+        """
+        from akaros_sim.extable import ExceptionTable
+
+        if program.name in self.programs:
+            raise SimulationError(f"Simulation.load: a program named {program.name!r} is already loaded")
+        if program.extable:
+            code = [(seg.addr, seg.end) for seg in program.segments if seg.prot & Prot.EXEC]
+            ExceptionTable(program.extable, code)  # validate against this program's code
         self.mem.load(program)
         self.programs[program.name] = program
+        if program.extable:
+            if self.extable is None:
+                from akaros_sim.extable import ExtableHandler
+
+                self.extable = ExtableHandler(self)
+                self.register_fault_handler(self.extable)
+            self.extable.add(program.extable)
 
     def set_sched(self, sched) -> SchedOps:
         """Install a 2LS: a SchedOps table, or an object whose methods are the ops."""
         ops = sched if isinstance(sched, SchedOps) else SchedOps.from_object(sched)
         self.ops = ops
+        if self._fault_chain is not None:
+            self._install_fault_chain()
         return ops
+
+    # -- fault handlers (interposed on thread_refl_fault) ------------------------------------
+
+    def register_fault_handler(self, handler, insert_tail: bool = False) -> None:
+        """Add handler(uth, ctx) -> FaultStatus to the process's fault chain (head by default)."""
+        from akaros_sim.interpose import HandlerChain
+
+        if self._fault_chain is None:
+            self._fault_chain = HandlerChain(None, "thread_refl_fault", None, self._trace_chain)
+            if self.ops is not None:
+                self._install_fault_chain()
+        self._fault_chain.register(handler, insert_tail)
+        if self._started:
+            self.trace_event(None, "handler_register", handler=_handler_name(handler), tail=insert_tail)
+
+    def unregister_fault_handler(self, handler) -> bool:
+        """Remove a fault handler; False if it was not registered."""
+        if self._fault_chain is None:
+            return False
+        removed = self._fault_chain.unregister(handler)
+        if removed and self._started:
+            self.trace_event(None, "handler_unregister", handler=_handler_name(handler))
+        return removed
+
+    def _install_fault_chain(self) -> None:
+        chain = self._fault_chain
+        chain.ops = self.ops
+        chain.previous = self.ops.thread_refl_fault
+        self.ops.thread_refl_fault = chain
+
+    def _trace_chain(self, kind: str, **details) -> None:
+        self.trace_event(None, kind, **details)
 
     def spawn(self, entry: UthreadEntry) -> None:
         """Create this uthread (through sched_ops.thread_create) when the run starts."""
@@ -213,7 +269,13 @@ class Simulation:
             raise SimulationError(f"sched_ops {self.ops.name!r}: op {name} is missing")
         self.engine.charge(self.costs.sched_op_ns)
         self.trace_event(None, "op", op=name, args=tuple(_describe_arg(a) for a in args))
-        return op(*args)
+        try:
+            return op(*args)
+        except Exception as exc:
+            note = f"in sched_ops.{name} of 2LS {self.ops.name!r}"
+            if note not in getattr(exc, "__notes__", ()):
+                exc.add_note(note)
+            raise
 
     # -- running -----------------------------------------------------------------------------
 
@@ -227,13 +289,14 @@ class Simulation:
         self._started = True
         engine = self.engine
         engine.gl = getcurrent()
-        self._until = until_ns
+        self._until = engine.until = until_ns
         self._max_insns = max_insns
         end = None
         try:
             self._in_greenlet(self._setup)
             end = self._loop()
         finally:
+            self.finished = True
             self._kill_greenlets()
         vcs = tuple(
             VcoreStats(vc.id, vc.busy_ns, vc.uthread_ns, vc.switches, vc.nr_preempts) for vc in engine.vcores
@@ -284,8 +347,6 @@ class Simulation:
                 ev.fn(*ev.args)
                 continue
             engine.step(vc)
-            if self._until is not None:
-                engine.horizon = min(engine.horizon, self._until)
 
     def _kill_greenlets(self) -> None:
         """End every suspended greenlet now, deterministically, instead of at GC time."""
@@ -421,7 +482,7 @@ class Simulation:
                 continue
             if isinstance(stop, SyscallStop):
                 if call and stop.nr == SYS_guest_return:
-                    return ctx.rax
+                    return stop.args[0]  # the trampoline passes the routine's rax in rdi
                 ctx.rax = self._guest_syscall(uth, stop) & ((1 << 64) - 1)
                 self.preempt_point(uth)
                 continue
@@ -556,6 +617,12 @@ def _exit_sighandler_cb(uth, _arg) -> None:
     from akaros_sim import parlib
 
     parlib.uthread_paused(uth)
+
+
+def _handler_name(handler) -> str:
+    from akaros_sim.interpose import handler_name
+
+    return handler_name(handler)
 
 
 def _describe_arg(arg):

@@ -1,0 +1,146 @@
+"""Interposition: replace one sched_ops op by a chain of handlers that keeps the previous op.
+
+`interpose(ops, "thread_refl_fault")` swaps the op for a `HandlerChain`.
+Handlers are registered at the head or the tail and walked in order; each
+returns a `FaultStatus`:
+
+| status                  | meaning                                                     |
+| ----------------------- | ----------------------------------------------------------- |
+| CONTINUE_NEXT_HANDLER   | not mine: ask the next; after the last, the previous op     |
+| FAULT_FIXED             | I changed the context: the uthread resumes at once, on the  |
+|                         | same vcore, and the 2LS never sees the fault                |
+| FAIL                    | fatal: the process ends with a report naming the handler    |
+
+Chains stack: interposing an op that is already a chain wraps it again, and
+`uninterpose` removes one layer wherever it sits.  A walk uses the handler
+list as it was when the walk began, so (un)registering from inside a handler
+takes effect at the next call.  A handler that raises, or returns anything
+but a FaultStatus, ends the process with a report naming it and what it did;
+the trace so far is kept.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from akaros_sim.context import REG_NAMES
+
+
+class FaultStatus(enum.Enum):
+    """What a handler in a chain decided."""
+
+    CONTINUE_NEXT_HANDLER = "continue"
+    FAULT_FIXED = "fixed"
+    FAIL = "fail"
+
+
+class InterposeError(ValueError):
+    """Bad use of a chain: the message names the chain and the handler."""
+
+
+def handler_name(handler) -> str:
+    """A stable, host-independent name for a handler (its qualified name)."""
+    name = getattr(handler, "name", None)
+    if isinstance(name, str):
+        return name
+    func = getattr(handler, "__func__", handler)
+    qual = getattr(func, "__qualname__", None) or type(handler).__qualname__
+    return qual.rsplit("<locals>.", 1)[-1]  # a nested function is named as itself
+
+
+class HandlerFailed(Exception):
+    """A handler returned FAIL, raised, or returned something that is not a FaultStatus."""
+
+    def __init__(self, chain: HandlerChain, handler, what: str) -> None:
+        super().__init__(f"handler {handler_name(handler)!r} on {chain.op_name}: {what}")
+        self.handler = handler
+        self.what = what
+
+
+class HandlerChain:
+    """A callable that stands in for one op.  Lifecycle: interpose -> register/unregister* -> uninterpose."""
+
+    def __init__(self, ops, op_name: str, previous, tracer=None) -> None:
+        self.ops = ops
+        self.op_name = op_name
+        self.previous = previous
+        self.handlers: list = []
+        self.tracer = tracer  # tracer(kind, **details), or None
+
+    def register(self, handler, insert_tail: bool = False) -> None:
+        """Add a handler at the head (default) or the tail; registering one twice is an error."""
+        if not callable(handler):
+            raise InterposeError(f"{self.op_name} chain: handler {handler!r} is not callable")
+        if any(h is handler or h == handler for h in self.handlers):
+            raise InterposeError(f"{self.op_name} chain: handler {handler_name(handler)!r} is already registered")
+        if insert_tail:
+            self.handlers.append(handler)
+        else:
+            self.handlers.insert(0, handler)
+
+    def unregister(self, handler) -> bool:
+        """Remove a handler; False if it was not registered."""
+        for i, h in enumerate(self.handlers):
+            if h is handler or h == handler:
+                del self.handlers[i]
+                return True
+        return False
+
+    def __call__(self, *args):
+        for handler in tuple(self.handlers):
+            status = self._consult(handler, args)
+            if status is FaultStatus.FAULT_FIXED:
+                return FaultStatus.FAULT_FIXED
+            if status is FaultStatus.FAIL:
+                raise HandlerFailed(self, handler, "returned FAIL")
+        if self.tracer is not None:
+            self.tracer("chain_previous", op=self.op_name)
+        return self.previous(*args)
+
+    def _consult(self, handler, args) -> FaultStatus:
+        ctx = args[1] if len(args) > 1 and hasattr(args[1], "regs") else None
+        before = ctx.regs() if ctx is not None else None
+        try:
+            status = handler(*args)
+        except HandlerFailed:
+            raise
+        except Exception as exc:
+            raise HandlerFailed(self, handler, f"raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(status, FaultStatus):
+            raise HandlerFailed(self, handler, f"returned {status!r}, not a FaultStatus")
+        if self.tracer is not None:
+            changed = ()
+            if ctx is not None:
+                after = ctx.regs()
+                changed = tuple(
+                    (name, before[name], after[name]) for name in REG_NAMES if before[name] != after[name]
+                )
+            self.tracer("handler", op=self.op_name, handler=handler_name(handler), status=status.name, changed=changed)
+        return status
+
+    def __repr__(self) -> str:
+        return f"<HandlerChain {self.op_name} [{', '.join(handler_name(h) for h in self.handlers)}]>"
+
+
+def interpose(ops, op_name: str, tracer=None) -> HandlerChain:
+    """Replace ops.<op_name> by a new chain whose previous op is the current one (a chain stacks)."""
+    previous = getattr(ops, op_name, None)
+    if not callable(previous):
+        raise InterposeError(f"interpose: sched_ops {getattr(ops, 'name', ops)!r} has no op {op_name!r} to interpose")
+    chain = HandlerChain(ops, op_name, previous, tracer)
+    setattr(ops, op_name, chain)
+    return chain
+
+
+def uninterpose(ops, chain: HandlerChain) -> None:
+    """Remove one chain layer, wherever it is in the stack of chains on its op."""
+    current = getattr(ops, chain.op_name)
+    if current is chain:
+        setattr(ops, chain.op_name, chain.previous)
+        return
+    while isinstance(current, HandlerChain):
+        if current.previous is chain:
+            current.previous = chain.previous
+            return
+        current = current.previous
+    raise InterposeError(f"uninterpose: {chain!r} is not interposed on {chain.op_name}")
