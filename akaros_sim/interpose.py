@@ -60,12 +60,13 @@ class HandlerFailed(Exception):
 class HandlerChain:
     """A callable that stands in for one op.  Lifecycle: interpose -> register/unregister* -> uninterpose."""
 
-    def __init__(self, ops, op_name: str, previous, tracer=None) -> None:
+    def __init__(self, ops, op_name: str, previous, tracer=None, trace_previous: bool = True) -> None:
         self.ops = ops
         self.op_name = op_name
         self.previous = previous
         self.handlers: list = []
         self.tracer = tracer  # tracer(kind, **details), or None
+        self.trace_previous = trace_previous  # record "chain_previous" when the walk falls through
 
     def register(self, handler, insert_tail: bool = False) -> None:
         """Add a handler at the head (default) or the tail; registering one twice is an error."""
@@ -93,7 +94,7 @@ class HandlerChain:
                 return FaultStatus.FAULT_FIXED
             if status is FaultStatus.FAIL:
                 raise HandlerFailed(self, handler, "returned FAIL")
-        if self.tracer is not None:
+        if self.tracer is not None and self.trace_previous:
             self.tracer("chain_previous", op=self.op_name)
         return self.previous(*args)
 

@@ -262,6 +262,8 @@ class Kernel:
         duration = self.costs.preempt_duration_ns if duration_ns is None else duration_ns
         vc.unavailable_until = self.engine.now + duration
         uth = vc.current_uthread
+        if uth is not None and not vc.in_vcore_ctx:
+            uth.interrupted = "preempted"
         self.sim.trace_event(
             vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None, until=vc.unavailable_until
         )

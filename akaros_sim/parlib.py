@@ -206,6 +206,11 @@ def _pop(sim, vc, uth: Uthread, how: str, resume: bool = False) -> None:
     uth.flags &= ~UthFlag.SAVED
     sim.engine.charge(sim.costs.context_switch_ns)
     sim.trace_event(vc, "run", uth=uth, how=how)
+    if uth.interrupted is not None:
+        why, uth.interrupted = uth.interrupted, None
+        sim.resume_chain(uth, uth.ctx, why)
+    if uth.tls:
+        sim.mem.write_u64(uth.tls, vc.id)  # the rseq-like cpu_id the guest reads at fs:[0]
     if vc.notif_pending:
         # pop_user_ctx never leaves vcore context with a notification pending
         raise RestartVcoreEntry()
@@ -397,6 +402,8 @@ def call_guest(addr: int, *args: int) -> int:
     if not uth.stack_hi:
         sim._setup_guest_stack(uth)
         uth.ctx.rsp = uth.stack_hi
+        sim.setup_tls(uth)
+        sim.mem.write_u64(uth.tls, vc.id)
     ctx = uth.ctx
     ctx.rip = addr
     ctx.rsp = ((ctx.rsp if ctx.rsp else uth.stack_hi) - 64) & ~0xF

@@ -45,6 +45,9 @@ from akaros_sim import vcore as vcore_mod
 VDSO = 0x7FFF_FFFE_0000  # runtime trampolines (R-X)
 STACK_AREA = 0x7FF0_0000_0000  # guest stacks grow down from here, one slot per uthread
 DEFAULT_STACK = 64 * 1024
+TLS_AREA = 0x7FE0_0000_0000  # per-uthread TLS blocks (fs_base), lazily backed
+TLS_AREA_SIZE = 16 << 20
+TLS_SLOT = 64
 RED_ZONE = 128
 
 # vdso trampolines: where a returning guest uthread, signal handler or call_guest lands.
@@ -119,11 +122,18 @@ class Simulation:
         self.programs: dict = {}
         self.sigactions: dict[int, int] = {}  # signo -> guest handler address
         self._fault_chain = None  # the HandlerChain behind register_fault_handler
+        self._chains: dict = {}  # op name -> the process's own HandlerChain on it
+        self.ras = None  # the RasHandler, once a sequence is declared
+        from akaros_sim.interpose import HandlerChain
+
+        # the resume path: consulted (uth, ctx, why) before a uthread runs after an involuntary stop
+        self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, self._trace_chain, False)
         self.extable = None  # the ExtableHandler, once a program with an extable is loaded
         self.report: str | None = None
         self._started = False
         self.finished = False  # set when run() is over: parlib then refuses to act
         self._next_stack = STACK_AREA
+        self._tls_next = 0
         self._pending_threads: list[UthreadEntry] = []
         self.mem.map(VDSO, PAGE_SIZE, Prot.READ | Prot.EXEC, "vdso", backing=self._vdso_bytes())
 
@@ -150,8 +160,14 @@ class Simulation:
         if program.extable:
             code = [(seg.addr, seg.end) for seg in program.segments if seg.prot & Prot.EXEC]
             ExceptionTable(program.extable, code)  # validate against this program's code
+        if program.ras:
+            from akaros_sim.ras import RasTable
+
+            RasTable(program.ras)  # validate before mapping anything
         self.mem.load(program)
         self.programs[program.name] = program
+        if program.ras:
+            self._ras_handler().add(program.ras)
         if program.extable:
             if self.extable is None:
                 from akaros_sim.extable import ExtableHandler
@@ -164,20 +180,26 @@ class Simulation:
         """Install a 2LS: a SchedOps table, or an object whose methods are the ops."""
         ops = sched if isinstance(sched, SchedOps) else SchedOps.from_object(sched)
         self.ops = ops
-        if self._fault_chain is not None:
-            self._install_fault_chain()
+        for chain in self._chains.values():
+            self._install_chain(chain)
         return ops
 
     # -- fault handlers (interposed on thread_refl_fault) ------------------------------------
 
-    def register_fault_handler(self, handler, insert_tail: bool = False) -> None:
-        """Add handler(uth, ctx) -> FaultStatus to the process's fault chain (head by default)."""
+    def chain(self, op_name: str):
+        """The process's own HandlerChain on sched_ops.<op_name>, interposed when the 2LS is installed."""
         from akaros_sim.interpose import HandlerChain
 
-        if self._fault_chain is None:
-            self._fault_chain = HandlerChain(None, "thread_refl_fault", None, self._trace_chain)
+        chain = self._chains.get(op_name)
+        if chain is None:
+            chain = self._chains[op_name] = HandlerChain(None, op_name, None, self._trace_chain)
             if self.ops is not None:
-                self._install_fault_chain()
+                self._install_chain(chain)
+        return chain
+
+    def register_fault_handler(self, handler, insert_tail: bool = False) -> None:
+        """Add handler(uth, ctx) -> FaultStatus to the process's fault chain (head by default)."""
+        self._fault_chain = self.chain("thread_refl_fault")
         self._fault_chain.register(handler, insert_tail)
         if self._started:
             self.trace_event(None, "handler_register", handler=_handler_name(handler), tail=insert_tail)
@@ -191,11 +213,52 @@ class Simulation:
             self.trace_event(None, "handler_unregister", handler=_handler_name(handler))
         return removed
 
-    def _install_fault_chain(self) -> None:
-        chain = self._fault_chain
+    def _install_chain(self, chain) -> None:
         chain.ops = self.ops
-        chain.previous = self.ops.thread_refl_fault
-        self.ops.thread_refl_fault = chain
+        chain.previous = getattr(self.ops, chain.op_name)
+        setattr(self.ops, chain.op_name, chain)
+
+    # -- restartable atomic sequences ----------------------------------------------------------
+
+    def add_ras(self, start: int, end: int, restart: int | None = None) -> None:
+        """Declare a restartable atomic sequence [start, end) (restart defaults to start)."""
+        from akaros_sim.program import RasEntry
+
+        self._ras_handler().add([RasEntry(start, end, start if restart is None else restart)])
+
+    def _ras_handler(self):
+        from akaros_sim.ras import RasHandler
+
+        if self.ras is None:
+            self.ras = RasHandler(self)
+            self.chain("thread_paused").register(self.ras.on_paused, insert_tail=True)
+            self.resume_chain.register(self.ras.on_resume, insert_tail=True)
+        return self.ras
+
+    # -- tick storms ------------------------------------------------------------------------------
+
+    def tick_storm(self, start_ns: int, end_ns: int, min_insns: int, max_insns: int, vcores=None) -> None:
+        """Between start_ns and end_ns, tick each vcore every K instructions, K drawn (seeded) in [min, max].
+
+        A tick interrupts the running uthread into vcore context (the 2LS sees
+        it with vcore_tick_poll), exactly like a vcore tick.
+        """
+        if not 1 <= min_insns <= max_insns:
+            raise SimulationError(f"tick_storm: expected 1 <= min_insns <= max_insns, got {min_insns}, {max_insns}")
+        targets = range(len(self.engine.vcores)) if vcores is None else vcores
+        for vcoreid in targets:
+            vc = self.engine.vcores[vcoreid]
+            self.engine.schedule(start_ns, "tick_storm", self._storm_tick, vc, end_ns, min_insns, max_insns)
+
+    def _storm_tick(self, vc, end_ns: int, lo: int, hi: int) -> None:
+        if vc.online:
+            vc.tick_expired += 1
+            vc.notif_pending = True
+            self.trace_event(vc, "tick", expired=vc.tick_expired, storm=True)
+        k = self.rng.randint(lo, hi)
+        nxt = self.engine.now + k * max(self.costs.insn_ns, 1)
+        if nxt < end_ns:
+            self.engine.schedule(nxt, "tick_storm", self._storm_tick, vc, end_ns, lo, hi)
 
     def _trace_chain(self, kind: str, **details) -> None:
         self.trace_event(None, kind, **details)
@@ -413,10 +476,25 @@ class Simulation:
         if uth.kind is UthreadKind.GUEST:
             self._setup_guest_stack(uth)
             uth.ctx = UserContext(rip=uth.entry.entry, rsp=uth.stack_hi - 8)
+            self.setup_tls(uth)
             for reg, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), uth.entry.args, strict=False):
                 setattr(uth.ctx, reg, value & ((1 << 64) - 1))
             self.mem.write_u64(uth.ctx.rsp, _VDSO_EXIT)  # returning from entry exits the uthread
         self.trace_event(None, "uthread_create", uth=uth, type=uth.kind.value, id=uth.id)
+
+    def setup_tls(self, uth: Uthread) -> None:
+        """Give uth a TLS block at fs_base: [0] the vcore it runs on (rseq's cpu_id), [8] its id."""
+        if uth.tls:
+            return
+        if self._tls_next == 0:
+            self.mem.map(TLS_AREA, TLS_AREA_SIZE, Prot.READ | Prot.WRITE, "tls", backed=False)
+            self._tls_next = TLS_AREA
+        if self._tls_next + TLS_SLOT > TLS_AREA + TLS_AREA_SIZE:
+            raise SimulationError(f"setup_tls: more than {TLS_AREA_SIZE // TLS_SLOT} guest uthreads need TLS")
+        uth.tls = self._tls_next
+        self._tls_next += TLS_SLOT
+        self.mem.write_u64(uth.tls + 8, uth.id)
+        uth.ctx.fs_base = uth.tls
 
     def _setup_guest_stack(self, uth: Uthread, size: int = DEFAULT_STACK) -> None:
         """A stack for uth, with an unmapped guard page below it."""
@@ -462,6 +540,7 @@ class Simulation:
         vc = uth.vcore
         if vc.notif_pending and not vc.notif_disabled:
             self.trace_event(vc, "notify", uth=uth)
+            uth.interrupted = "notify"
             engine.enter_vcore_context(vc, "notify")
             self.die_if_exited()
 
@@ -495,6 +574,7 @@ class Simulation:
             vc, "fault", uth=uth, trap=stop.trap_nr, err=stop.err, aux=stop.aux, rip=uth.ctx.rip,
             insn=describe_insn(self.mem, uth.ctx.rip),
         )  # fmt: skip
+        uth.interrupted = "fault"
         self.engine.enter_vcore_context(vc, "fault")
         self.die_if_exited()
 

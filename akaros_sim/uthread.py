@@ -134,6 +134,9 @@ class Uthread:
         # signals (parlib sigstate)
         self.sig_pending: tuple[int, int, int] | None = None  # (signo, code, addr) to deliver
         self.sigdata: int = 0  # guest address of the saved context while a handler runs
+        # involuntary stops (RAS): why it was last stopped against its will, until it runs again
+        self.interrupted: str | None = None
+        self.tls = 0  # guest address of its TLS block (fs_base): [0] vcore id, [8] uthread id
         # runtime (engine): the greenlet and where it runs
         self.greenlet: greenlet | None = None
         self.vcore = None  # the vcore it last ran on
