@@ -462,6 +462,8 @@ def uthread_join(target: Uthread):
     sim, vc, uth = _uthread_ctx("uthread_join")
     if target is uth:
         raise ParlibError(f"uthread_join: {uth.name!r} cannot join itself")
+    if target.state is UthState.EXITED:
+        raise ParlibError(f"uthread_join({target.name!r}): it has been reaped already (joined or detached)")
     if target.join_state is JoinState.EXITED:
         sim.call_op("thread_exited", target)
         return target.retval
@@ -476,6 +478,8 @@ def uthread_join(target: Uthread):
 def uthread_detach(target: Uthread) -> None:
     """Detach target: its resources go when it exits (now, if it already has)."""
     sim = _sim("uthread_detach")
+    if target.state is UthState.EXITED:
+        raise ParlibError(f"uthread_detach({target.name!r}): it has been reaped already (joined or detached)")
     if target.join_state is JoinState.EXITED:
         sim.call_op("thread_exited", target)
         return

@@ -572,7 +572,7 @@ class Simulation:
         self.engine.charge(self.costs.fault_reflect_ns)
         self.trace_event(
             vc, "fault", uth=uth, trap=stop.trap_nr, err=stop.err, aux=stop.aux, rip=uth.ctx.rip,
-            insn=describe_insn(self.mem, uth.ctx.rip),
+            insn=describe_insn(self.mem, trap_insn_addr(self.mem, stop.trap_nr, uth.ctx.rip)),
         )  # fmt: skip
         uth.interrupted = "fault"
         self.engine.enter_vcore_context(vc, "fault")
@@ -586,7 +586,7 @@ class Simulation:
             name = "?"
         return (
             f"{headline}: uthread {uth.name!r} trap {ctx.trap_nr} (#{name}) err {ctx.err:#x} aux {ctx.aux:#x}\n"
-            f"  at {describe_insn(self.mem, ctx.rip)}\n{ctx}"
+            f"  at {describe_insn(self.mem, trap_insn_addr(self.mem, ctx.trap_nr, ctx.rip))}\n{ctx}"
         )
 
     # -- syscalls ---------------------------------------------------------------------------------
@@ -697,6 +697,18 @@ def _exit_sighandler_cb(uth, _arg) -> None:
     from akaros_sim import parlib
 
     parlib.uthread_paused(uth)
+
+
+def trap_insn_addr(mem, trap_nr: int, rip: int) -> int:
+    """Where the instruction behind a trap is: rip for faults; for a breakpoint
+    or `int n` trap (rip already past it) the int3 / int imm8 just before."""
+    if trap_nr in (TrapNr.BP, TrapNr.SYSCALL, TrapNr.DB):
+        before = mem.read_prefix(rip - 2, 2) if rip >= 2 else b""
+        if before[-1:] in (b"\xcc", b"\xf1"):
+            return rip - 1
+        if len(before) == 2 and before[0] == 0xCD:
+            return rip - 2
+    return rip
 
 
 def _handler_name(handler) -> str:

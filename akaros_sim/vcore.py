@@ -108,6 +108,9 @@ def handle_vc_preempt(sim, vc, victim_id: int) -> None:
 def vcore_yield(sim, vc, preempt_pending: bool = False) -> None:
     """Give the vcore back to the kernel; returns if that fails (events arrived, or it is still wanted)."""
     sim.engine.charge(sim.costs.sched_op_ns)
+    # Let the engine deliver anything due by now first: a completion that
+    # arrived while this vcore looked for work must not be slept through.
+    sim.engine.maybe_yield()
     if handle_events(sim, vc):
         return
     kernel = sim.kernel
