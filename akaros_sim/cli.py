@@ -1,4 +1,14 @@
-"""The `akaros-sim` command line."""
+"""The `akaros-sim` command line.
+
+Verbs:
+
+* ``machine PROGRAM``: run one program on the bare machine (no 2LS) and print every stop;
+* ``run SCENARIO.toml``: run a scenario, check its expectations and print a summary.
+
+Exit status: 0 on success (every expectation holds), 1 when something failed
+(an expectation, an unhandled trap), 2 for bad input (a program or scenario
+that cannot be loaded: one line on stderr, no traceback).
+"""
 
 from __future__ import annotations
 
@@ -92,6 +102,84 @@ def cmd_machine(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a scenario, print the summary, return 0 if every expectation holds, 1 if not, 2 if it is invalid."""
+    import attrs
+
+    from akaros_sim.scenario import ScenarioError, load_scenario, run_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+        if args.seed is not None:
+            scenario = attrs.evolve(scenario, seed=args.seed)
+        if args.trace is not None:
+            open(args.trace, "w").close()  # a path we cannot write fails now, not after the run
+        run = run_scenario(scenario, trace_path=args.trace)
+    except ScenarioError as exc:
+        print(f"akaros-sim: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.trace is None or exc.filename != args.trace:
+            raise
+        print(f"akaros-sim: cannot write {args.trace}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(format_summary(run, quiet=args.quiet))
+    return 0 if run.ok else 1
+
+
+def format_summary(run, quiet: bool = False) -> str:
+    """The text `akaros-sim run` prints for a ScenarioRun (only failures and the verdict if quiet)."""
+    checks, result = run.checks, run.result
+    failed = [c for c in checks if not c.ok]
+    verdict = (
+        f"result: {'PASS' if not failed else 'FAIL'}: {len(checks) - len(failed)} of {len(checks)} expectations hold"
+    )
+    if quiet:
+        return "\n".join([*(_check_line(c) for c in failed), verdict])
+    out = [f"scenario: {run.scenario.path}", f"  {run.scenario.description}", "expectations:"]
+    out += [_check_line(c) for c in checks] or ["  (none)"]
+    status = "none" if result.exit_status is None else result.exit_status
+    out.append(f"run: ended {result.end.name.lower()} ({result.end.value}), exit status {status}")
+    out.append(f"  virtual time {result.time_ns:,} ns, {result.insns:,} instructions")
+    out += ["vcores:", "  vcore    busy  uthread  switches  preemptions"]
+    for vc in result.vcores:
+        busy, uth = (_percent(ns, result.time_ns) for ns in (vc.busy_ns, vc.uthread_ns))
+        out.append(f"  {vc.vcore:>5} {busy:>7} {uth:>8} {vc.switches:>9} {vc.preemptions:>12}")
+    counts = result.counts
+    kinds = (("faults", "fault"), ("syscalls", "syscall"), ("signals", "signal"), ("context switches", "run"),
+             ("preemptions", "preempt"))  # fmt: skip
+    out.append("events: " + ", ".join(f"{label} {counts.get(kind, 0)}" for label, kind in kinds))
+    console = "".join(run.sim.kernel.console)
+    out.append("console:" if console else "console: (empty)")
+    out += [f"  | {line}" for line in console.splitlines()]
+    if result.report:
+        out.append("fault report:")
+        out += [f"  | {line}" for line in result.report.splitlines()]
+    out.append(verdict)
+    return "\n".join(out)
+
+
+def _check_line(check) -> str:
+    """`PASS name: value` or `FAIL name: expected X, got Y`."""
+    if check.ok:
+        return f"  PASS {check.name}: {_show(check.expected)}"
+    return f"  FAIL {check.name}: expected {_show(check.expected)}, got {_show(check.got)}"
+
+
+def _show(value, limit: int = 100) -> str:
+    """A value on one line: strings quoted with escapes, big integers also in hex."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "none"
+    if isinstance(value, int):
+        return f"{value} ({value:#x})" if abs(value) >= 0x10000 else str(value)
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="akaros-sim",
@@ -116,6 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     machine.add_argument("--budget", type=int, default=10_000, help="instructions per slice (default 10000)")
     machine.set_defaults(func=cmd_machine)
+    run = sub.add_parser(
+        "run",
+        help="run a scenario, check its expectations and print a summary",
+        description=(
+            "Load SCENARIO (TOML; format in docs/scenarios.md), run it and check its expectations. "
+            "Prints each expectation as PASS or FAIL with what was expected and got, why the run ended, "
+            "its virtual time and instructions, per-vcore utilisation, counts of faults, syscalls, signals "
+            "and context switches, the console output and the fault report if any. Exit status: 0 if every "
+            "expectation holds, 1 if one fails, 2 if the scenario is invalid (one line on stderr)."
+        ),
+    )
+    run.add_argument("scenario", help="the scenario file (.toml)")
+    run.add_argument("--trace", metavar="FILE", help="write the JSONL trace to FILE (whatever the outcome)")
+    run.add_argument("--quiet", action="store_true", help="print only failed expectations and the verdict")
+    run.add_argument("--seed", type=int, help="run with this seed instead of the scenario's")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -63,6 +63,11 @@ class Costs:
     vcore_grant_ns: int = _cost(2_000)  # from vcore_request_more to the vcore running
     preempt_duration_ns: int = _cost(100_000)  # how long a preempted vcore's pcore stays away
     slice_insns: int = _cost(10_000)  # guest instructions between engine checks
+    # How far a guest slice may run a vcore past the furthest-behind peer (a
+    # lookahead; kernel events still end slices exactly).  Python uthreads and
+    # vcore context interleave exactly; guest code interleaves at this grain.
+    # Smaller is finer and slower.
+    vcore_quantum_ns: int = _cost(2_000)
     python_step_ns: int = _cost(20)  # a parlib call from a Python uthread
 
     def __attrs_post_init__(self):
@@ -189,6 +194,7 @@ class Engine:
         self.gl: greenlet | None = None  # the engine's own greenlet
         self.now = 0  # time of the last event handled or vcore step started
         self.until: int | None = None  # the run's virtual-time budget
+        self.event_horizon = 0  # the next kernel event (or the budget): guest slices stop there exactly
 
     # -- events ---------------------------------------------------------------------
 
@@ -198,6 +204,8 @@ class Engine:
         heapq.heappush(self._heap, (ev.time, priority, next(self._seq), ev))
         if ev.time < self.horizon:
             self.horizon = ev.time
+        if ev.time < self.event_horizon:
+            self.event_horizon = ev.time
         return ev
 
     def next_event_time(self) -> int | None:
@@ -238,7 +246,8 @@ class Engine:
             self.yield_to_engine()
 
     def compute_horizon(self, vc: Vcore) -> int:
-        """The time `vc` may run to before the engine must look elsewhere."""
+        """The time `vc` may run to before the engine must look elsewhere: the next kernel
+        event, the clock of the furthest-behind online peer, or the time budget."""
         horizon = self.next_event_time()
         for other in self.vcores:
             if other is not vc and other.online and (horizon is None or other.clock < horizon):
@@ -310,6 +319,8 @@ class Engine:
         self.current = vc
         self.now = max(self.now, vc.clock)
         self.horizon = self.compute_horizon(vc)
+        nxt = self.next_event_time()
+        self.event_horizon = min(x for x in (nxt, self.until, 1 << 62) if x is not None)
         gl = vc.gl
         try:
             gl.switch()

@@ -25,6 +25,9 @@ from akaros_sim.interpose import FaultStatus
 from akaros_sim.program import ExtableEntry, ExtableType
 
 EFAULT_U64 = -errno.EFAULT & ((1 << 64) - 1)
+# Traps (as opposed to faults) report rip after the instruction; a table
+# lookup at that rip would name the wrong instruction.
+_TRAP_CLASS = frozenset({TrapNr.DB, TrapNr.BP, TrapNr.OF, TrapNr.SYSCALL})
 
 
 class ExtableError(ValueError):
@@ -91,6 +94,8 @@ class ExtableHandler:
     def __call__(self, uth, ctx) -> FaultStatus:
         if ctx.trap_nr == TrapNr.PF and ctx.err & PfErr.VMR_BACKED:
             return FaultStatus.CONTINUE_NEXT_HANDLER  # not an error: the 2LS populates it
+        if ctx.trap_nr in _TRAP_CLASS:
+            return FaultStatus.CONTINUE_NEXT_HANDLER  # rip is past the instruction: not a faulting site
         entry = self.table.lookup(ctx.rip)
         if entry is None:
             return FaultStatus.CONTINUE_NEXT_HANDLER

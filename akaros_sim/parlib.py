@@ -191,7 +191,9 @@ def _handle_refl_fault(sim, vc, uth: Uthread) -> None:
         exit(-1, f"{failed}\n" + sim.fault_report(uth, "fault handler failed"))
     sim.die_if_exited()
     if status is FaultStatus.FAULT_FIXED:
-        # fixed by an interposed handler: resume at once here; the 2LS never sees it
+        # fixed by an interposed handler: resume at once here; the 2LS never
+        # sees it, and the fix is authoritative (no RAS restart undoes it)
+        uth.interrupted = None
         sim.trace_event(vc, "fault_fixed", uth=uth, rip=uth.ctx.rip)
         _pop(sim, vc, uth, "fault_fixed")
     raise RestartVcoreEntry()

@@ -14,6 +14,9 @@ This is not a special case inside any 2LS: the Simulation installs
 `thread_paused` (a uthread handed back to the 2LS after preemption) and on
 the resume path (a uthread about to run again after an involuntary stop), so
 it works under any 2LS, including one a user writes.
+
+A fault inside a sequence that a fault handler fixes (FAULT_FIXED, e.g. an
+extable fixup) is not restarted: the handler's context is authoritative.
 """
 
 from __future__ import annotations

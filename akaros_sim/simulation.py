@@ -214,6 +214,8 @@ class Simulation:
         return removed
 
     def _install_chain(self, chain) -> None:
+        if getattr(self.ops, chain.op_name) is chain:
+            return  # already installed on this table (set_sched called twice)
         chain.ops = self.ops
         chain.previous = getattr(self.ops, chain.op_name)
         setattr(self.ops, chain.op_name, chain)
@@ -552,7 +554,8 @@ class Simulation:
             vc = uth.vcore
             if uth.sig_pending is not None:
                 self._deliver_signal(uth)
-            room = (engine.horizon - vc.clock) // costs.insn_ns + 1 if costs.insn_ns else costs.slice_insns
+            limit = min(engine.horizon + costs.vcore_quantum_ns, engine.event_horizon)
+            room = (limit - vc.clock) // costs.insn_ns + 1 if costs.insn_ns else costs.slice_insns
             budget = max(1, min(costs.slice_insns, room))
             stop = cpu.run(ctx, budget)
             engine.charge(stop.insns * costs.insn_ns, uthread_time=True)

@@ -1,0 +1,609 @@
+"""Scenarios: a TOML file that is a complete, self-checking experiment.
+
+A scenario names the machine, the 2LS, the guest programs, the threads to
+start, the injections (kernel events at virtual times) and the expectations
+the run must meet.  `load_scenario` reads and validates it into a frozen
+`Scenario`; `build` turns that into a ready `Simulation`; `run_scenario` runs
+it and checks the expectations.  Every error is a `ScenarioError` whose
+message is one line: ``FILE: KEY.PATH: what was expected, what was got``.
+
+The format (docs/scenarios.md is the full reference)::
+
+    description = "one line story"          # required
+    [machine]
+    vcores = 4                               # default 1 (the process's max vcores)
+    seed = 1                                 # default 0
+    [machine.costs]                          # optional: any field of akaros_sim.engine.Costs
+    insn_ns = 1
+    [scheduler]                              # optional; default name = "pthread"
+    name = "pthread"                         # "pthread" | "thread0" | "module:attr" | "file.py:attr"
+    [scheduler.params]                       # keyword args to the 2LS constructor
+    [[programs]]
+    name = "main"
+    base = 0x400000                          # optional; default 0x400000 + 0x100000 * index
+    source = "..."                           # or file = "x.s" or elf = "x.elf" (relative to the scenario)
+    [[mappings]]                             # extra VMRs
+    name = "heap"                            # start, length page-aligned; prot: "r", "rw", "rx", "rwx", "none"
+    start = 0x10000000
+    length = 0x10000
+    prot = "rw"
+    backed = false                           # default true; false: every page faults on first touch
+    [[threads]]                              # created in order through sched_ops.thread_create
+    name = "w0"
+    program = "main"                         # guest: entry is a symbol or an address (default: the
+    entry = "worker"                         #   program's entry); args (at most 6) are ints or
+    args = [1, "main:counter"]               #   "prog:symbol" strings (the symbol's address)
+    # or: python = "file.py:function" | "module:function"; args are passed as they are
+    detached = false                         # optional
+    [[injections]]                           # kernel events at a virtual time (at_ns), one kind each:
+    at_ns = 20000
+    preempt = 1                              # preempt vcore 1 (warning_ns, duration_ns optional)
+    # or: syscall_latency = { nr = 2, ns = 5000 }   (nr: a number or a name such as "nanosleep")
+    [run]
+    until_ns = 100_000_000                   # optional budgets
+    max_insns = 10_000_000
+    [expect]
+    end = "all_exited"                       # a RunEnd name in lower case
+    exit_status = 0
+    console = "exact text"                   # or console_contains = ["...", ...] (each appears)
+    report_contains = ["..."]                # the fault report holds each string
+    retvals = { w0 = 100 }                   # uthread exit values
+    counts = { fault = 2, "op:thread_refl_fault" = 2 }   # number of trace records matching
+    [[expect.registers]]                     # a uthread's final saved registers
+    thread = "w0"
+    rbx = 100
+    [[expect.memory]]                        # an int of `size` bytes (1/2/4/8, default 8)
+    symbol = "main:counter"                  # or addr = 0x...; optional offset
+    value = 4
+    [[expect.order]]                         # records matching these appear in this relative order
+    kinds = ["op:thread_refl_fault", "signal", "sigreturn"]
+    thread = "f"                             # optional: only records involving this uthread
+
+A trace matcher (counts keys, order kinds) is ``KIND``, ``KIND:VALUE`` (the
+kind's main detail: op for op, name for syscall, trap for fault, ...; see
+`akaros_sim.expect.MAIN_DETAIL`) or ``KIND:KEY=VALUE[&KEY=VALUE...]`` (KEY a
+detail or the record's ``uth``, ``vc``, ``t``); values compare as JSON text
+(``true``, ``null``, ``42``, ``["w0"]``), integers also in hex, traps also by
+name (``fault:PF``).
+
+Python code named by a scenario (threads, a 2LS in a file) is imported once
+per process and cached in `sys.modules` under a name derived from its path,
+so two runs use the same module object: its functions must keep no state
+between runs (create Mutexes, queues and counters inside the run, for example
+in a main thread that passes them to the threads it creates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import attrs
+
+from akaros_sim.asm import AsmError, assemble
+from akaros_sim.elf import ElfError, load_elf
+from akaros_sim.engine import Costs
+from akaros_sim.expect import Check, Expectations, check_expectations, load_expect
+from akaros_sim.kernel import SYSCALL_NAMES
+from akaros_sim.memory import PAGE_SIZE, MemError, Prot
+from akaros_sim.program import Program
+from akaros_sim.simulation import RunResult, Simulation, SimulationError
+from akaros_sim.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
+from akaros_sim.trace import Trace
+from akaros_sim.uthread import UthreadEntry
+
+__all__ = [
+    "BUILTIN_SCHEDULERS",
+    "Check",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioRun",
+    "build",
+    "load_scenario",
+    "run_scenario",
+]
+
+# The 2LSes known by name, as import references: akaros_sim never imports schedops statically.
+BUILTIN_SCHEDULERS = types.MappingProxyType(
+    {"pthread": "schedops.pthread:PthreadSched", "thread0": "schedops.thread0:Thread0Sched"}
+)
+DEFAULT_SCHEDULER = "pthread"
+PROGRAM_BASE = 0x400000  # where programs[0] is assembled unless it says otherwise
+PROGRAM_STRIDE = 0x100000  # ... and programs[i] at PROGRAM_BASE + i * PROGRAM_STRIDE
+MAX_GUEST_ARGS = 6  # rdi rsi rdx rcx r8 r9
+U64 = (1 << 64) - 1
+
+_PROT_LETTERS = {"r": Prot.READ, "w": Prot.WRITE, "x": Prot.EXEC}
+_NAME = re.compile(r"[A-Za-z_][\w.-]*$")
+
+
+# -- records ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProgramSpec:
+    """A guest program, assembled or loaded when the scenario is loaded."""
+
+    name: str
+    program: Program
+
+
+@attrs.frozen
+class MappingSpec:
+    """An extra VMR."""
+
+    name: str
+    start: int
+    length: int
+    prot: Prot
+    backed: bool
+
+
+@attrs.frozen
+class ThreadSpec:
+    """A uthread to start: guest code at `entry`, or the Python function `func`."""
+
+    name: str
+    entry: UthreadEntry
+
+
+@attrs.frozen
+class Injection:
+    """A kernel event at `at_ns`: `kind` is "preempt" or "syscall_latency"; `params` its arguments."""
+
+    at_ns: int
+    kind: str
+    params: tuple[tuple[str, int], ...]
+
+    def param(self, key: str, default=None):
+        return dict(self.params).get(key, default)
+
+
+@attrs.frozen
+class Scenario:
+    """A validated scenario.  Lifecycle: load_scenario -> build / run_scenario (any number of times)."""
+
+    path: Path
+    description: str
+    vcores: int = 1
+    seed: int = 0
+    costs: Costs = Costs()
+    scheduler: str = DEFAULT_SCHEDULER
+    sched_factory: object = attrs.field(default=None, repr=False)
+    sched_params: tuple[tuple[str, object], ...] = ()
+    programs: tuple[ProgramSpec, ...] = ()
+    mappings: tuple[MappingSpec, ...] = ()
+    threads: tuple[ThreadSpec, ...] = ()
+    injections: tuple[Injection, ...] = ()
+    until_ns: int | None = None
+    max_insns: int | None = None
+    expect: Expectations = Expectations()
+
+
+@attrs.frozen
+class ScenarioRun:
+    """A finished run: the simulation, its RunResult and the checked expectations."""
+
+    scenario: Scenario
+    sim: Simulation
+    result: RunResult
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+
+_TOP_KEYS = ("description", "machine", "scheduler", "programs", "mappings", "threads", "injections", "run", "expect")
+
+
+def load_scenario(path) -> Scenario:
+    """Read and validate a scenario file.
+
+    Args:
+        path: the TOML file; relative paths inside it are relative to its directory.
+
+    Returns:
+        A frozen Scenario (programs assembled, Python references imported).
+
+    Raises:
+        ScenarioError: the file cannot be read or parsed, or anything in it is
+            invalid; the one-line message names the file, the key, what was
+            expected and what was got.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{file}: not UTF-8 text: {exc.reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{file}: invalid TOML: {one_line(exc)}") from None
+    top = TableReader(file, "", data, _TOP_KEYS)
+    description = top.get("description", (str,))
+    if not description.strip() or "\n" in description.strip():
+        raise top.error("description", f"expected a one-line story, got {describe(description)}")
+
+    machine = top.sub("machine", ("vcores", "seed", "costs"), {})
+    vcores = machine.int("vcores", 1, minimum=1)
+    seed = machine.int("seed", 0, minimum=None)
+    costs = _load_costs(machine.sub("costs", tuple(f.name for f in attrs.fields(Costs)), {}))
+
+    sched = top.sub("scheduler", ("name", "params"), {})
+    sched_name = sched.get("name", (str,), DEFAULT_SCHEDULER)
+    ref = BUILTIN_SCHEDULERS.get(sched_name, sched_name)
+    if ":" not in ref:
+        raise sched.error(
+            "name", f"unknown 2LS {sched_name!r} (expected one of {', '.join(BUILTIN_SCHEDULERS)}, "
+            "'module:attr' or 'file.py:attr')"
+        )  # fmt: skip
+    factory = _resolve_ref(sched, "name", ref, path.parent)
+    if not callable(factory):
+        raise sched.error("name", f"expected a 2LS class or factory, got {describe(factory)}")
+    params = sched.get("params", (dict,), {})
+    sched_params = tuple((k, freeze(v)) for k, v in params.items())
+
+    programs = _load_programs(top, path.parent)
+    mappings = _load_mappings(top)
+    _check_overlaps(file, programs, mappings)
+    prog_by_name = {p.name: p.program for p in programs}
+    threads = _load_threads(top, prog_by_name, path.parent)
+    injections = _load_injections(top, vcores)
+
+    run = top.sub("run", ("until_ns", "max_insns"), {})
+    until_ns = run.int("until_ns", None, minimum=1)
+    max_insns = run.int("max_insns", None, minimum=1)
+
+    expect = load_expect(
+        top, {t.name for t in threads}, lambda reader, key, ref: _symbol_addr(reader, key, ref, prog_by_name)
+    )
+    return Scenario(
+        path=path, description=description.strip(), vcores=vcores, seed=seed, costs=costs, scheduler=sched_name,
+        sched_factory=factory, sched_params=sched_params, programs=tuple(programs), mappings=tuple(mappings),
+        threads=tuple(threads), injections=tuple(injections), until_ns=until_ns, max_insns=max_insns, expect=expect,
+    )  # fmt: skip
+
+
+def _load_costs(reader: TableReader) -> Costs:
+    values = {}
+    for key in reader.table:
+        values[key] = reader.int(key, minimum=1 if key == "slice_insns" else 0)
+    try:
+        return Costs(**values)
+    except ValueError as exc:
+        raise reader.error("", one_line(exc)) from None
+
+
+def _load_programs(top: TableReader, base_dir: Path) -> list[ProgramSpec]:
+    programs: list[ProgramSpec] = []
+    for index, r in enumerate(top.tables("programs", ("name", "base", "source", "file", "elf"))):
+        name = _name(r, "name")
+        if name in {p.name for p in programs}:
+            raise r.error("name", f"duplicate program name {name!r}")
+        given = [k for k in ("source", "file", "elf") if r.has(k)]
+        if len(given) != 1:
+            raise r.error("", f"expected exactly one of source, file, elf; got {', '.join(given) or 'none'}")
+        if given[0] == "elf":
+            if r.has("base"):
+                raise r.error("base", "not allowed with elf (an ELF has fixed addresses)")
+            elf_path = base_dir / r.get("elf", (str,))
+            try:
+                program = attrs.evolve(load_elf(elf_path), name=name)
+            except ElfError as exc:
+                raise r.error("elf", one_line(exc)) from None
+        else:
+            base = r.int("base", PROGRAM_BASE + PROGRAM_STRIDE * index)
+            if given[0] == "file":
+                src_path = base_dir / r.get("file", (str,))
+                try:
+                    source = src_path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = getattr(exc, "strerror", None) or one_line(exc)
+                    raise r.error("file", f"cannot read {str(src_path)!r}: {reason}") from None
+            else:
+                source = r.get("source", (str,))
+            try:
+                program = assemble(source, base, name=name)
+            except (AsmError, ValueError) as exc:
+                raise r.error(given[0], one_line(exc)) from None
+        programs.append(ProgramSpec(name, program))
+    return programs
+
+
+def _load_mappings(top: TableReader) -> list[MappingSpec]:
+    mappings = []
+    for r in top.tables("mappings", ("name", "start", "length", "prot", "backed")):
+        name = _name(r, "name")
+        start, length = r.int("start"), r.int("length", minimum=1)
+        for key, value in (("start", start), ("length", length)):
+            if value % PAGE_SIZE:
+                raise r.error(key, f"expected a multiple of the page size ({PAGE_SIZE:#x}), got {value:#x}")
+        prot = _parse_prot(r, r.get("prot", (str,), "rw"))
+        mappings.append(MappingSpec(name, start, length, prot, r.get("backed", (bool,), True)))
+    return mappings
+
+
+def _parse_prot(r: TableReader, text: str) -> Prot:
+    if text in ("none", "-", ""):
+        return Prot.NONE
+    prot = Prot.NONE
+    for ch in text:
+        bit = _PROT_LETTERS.get(ch)
+        if bit is None or prot & bit:
+            raise r.error("prot", f"expected letters from 'rwx' (each at most once) or 'none', got {text!r}")
+        prot |= bit
+    return prot
+
+
+def _check_overlaps(file: str, programs: list[ProgramSpec], mappings: list[MappingSpec]) -> None:
+    ranges = []
+    for i, spec in enumerate(programs):
+        for seg in spec.program.segments:
+            end = (seg.end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+            ranges.append((seg.addr, end, f"programs[{i}] ({spec.name!r} {seg.name or 'segment'})"))
+    for i, m in enumerate(mappings):
+        ranges.append((m.start, m.start + m.length, f"mappings[{i}] ({m.name!r})"))
+    ranges.sort()
+    for (lo, hi, what), (lo2, hi2, what2) in zip(ranges, ranges[1:]):
+        if lo2 < hi:
+            raise ScenarioError(
+                f"{file}: {what2}: [{lo2:#x}, {hi2:#x}) overlaps {what} [{lo:#x}, {hi:#x}); expected disjoint ranges"
+            )
+
+
+def _load_threads(top: TableReader, programs: dict[str, Program], base_dir: Path) -> list[ThreadSpec]:
+    threads: list[ThreadSpec] = []
+    for r in top.tables("threads", ("name", "program", "entry", "python", "args", "detached")):
+        name = _name(r, "name")
+        if name in {t.name for t in threads}:
+            raise r.error("name", f"duplicate thread name {name!r}")
+        detached = r.get("detached", (bool,), False)
+        args = r.get("args", (list,), [])
+        if r.has("python"):
+            for key in ("program", "entry"):
+                if r.has(key):
+                    raise r.error(key, "not allowed with python (a thread is guest code or a Python function)")
+            func = _resolve_ref(r, "python", r.get("python", (str,)), base_dir)
+            if not callable(func):
+                raise r.error("python", f"expected a function, got {describe(func)}")
+            entry = UthreadEntry.python(name, func, *freeze(args), detached=detached)
+        else:
+            entry = _guest_entry(r, name, programs, args, detached)
+        threads.append(ThreadSpec(name, entry))
+    if not threads:
+        raise top.error("threads", "expected at least one [[threads]] table, got none")
+    return threads
+
+
+def _guest_entry(r: TableReader, name: str, programs: dict[str, Program], args: list, detached: bool) -> UthreadEntry:
+    if not r.has("program"):
+        raise r.error("program", "missing (a guest thread names its program; or give python = 'file.py:function')")
+    prog_name = r.get("program", (str,))
+    program = programs.get(prog_name)
+    if program is None:
+        raise r.error("program", f"unknown program {prog_name!r} (programs: {', '.join(programs) or 'none'})")
+    entry = r.get("entry", (str, int), None)
+    if entry is None:
+        if program.entry is None:
+            raise r.error("entry", f"missing, and program {prog_name!r} has no entry point")
+        addr = program.entry
+    elif isinstance(entry, str):
+        if entry not in program.symbols:
+            raise r.error("entry", f"unknown symbol {entry!r} in program {prog_name!r}")
+        addr = program.symbols[entry]
+    else:
+        addr = entry
+    if len(args) > MAX_GUEST_ARGS:
+        raise r.error("args", f"expected at most {MAX_GUEST_ARGS} register arguments, got {len(args)}")
+    values = []
+    for i, arg in enumerate(args):
+        if isinstance(arg, str):
+            values.append(_symbol_addr(r, f"args[{i}]", arg, programs))
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            values.append(arg & U64)
+        else:
+            raise r.error(f"args[{i}]", f"expected an integer or a 'program:symbol' string, got {describe(arg)}")
+    return UthreadEntry.guest(name, addr, *values, detached=detached)
+
+
+def _symbol_addr(r: TableReader, key: str, ref: str, programs: dict[str, Program]) -> int:
+    """The address named by 'program:symbol' (optionally '+offset')."""
+    text, _, offset = ref.partition("+")
+    prog_name, sep, symbol = text.strip().partition(":")
+    if not sep or not symbol:
+        raise r.error(key, f"expected 'program:symbol', got {ref!r}")
+    program = programs.get(prog_name)
+    if program is None:
+        raise r.error(key, f"unknown program {prog_name!r} (programs: {', '.join(programs) or 'none'})")
+    if symbol not in program.symbols:
+        raise r.error(key, f"unknown symbol {symbol!r} in program {prog_name!r}")
+    try:
+        extra = int(offset.strip(), 0) if offset else 0
+    except ValueError:
+        raise r.error(key, f"expected 'program:symbol+OFFSET' with an integer offset, got {ref!r}") from None
+    return program.symbols[symbol] + extra
+
+
+def _name(r: TableReader, key: str) -> str:
+    value = r.get(key, (str,))
+    if not _NAME.match(value):
+        raise r.error(key, f"expected a name (letters, digits, _ . -), got {value!r}")
+    return value
+
+
+# -- Python references -------------------------------------------------------------------------------------
+
+
+def _resolve_ref(r: TableReader, key: str, ref: str, base_dir: Path):
+    """The object named by 'module:attr' or 'path/file.py:attr' (relative to the scenario)."""
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise r.error(key, f"expected 'module:name' or 'file.py:name', got {ref!r}")
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        module = _import_file(r, key, (base_dir / target).resolve())
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:  # any import failure is the scenario's error
+            raise r.error(key, f"cannot import module {target!r}: {type(exc).__name__}: {one_line(exc)}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise r.error(key, f"{target!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import_file(r: TableReader, key: str, path: Path):
+    """Import a Python file once per process (cached in sys.modules under a name derived from its path)."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    mod_name = f"akaros_scenario_{stem}_{digest}"
+    module = sys.modules.get(mod_name)
+    if module is not None:
+        return module
+    if not path.is_file():
+        raise r.error(key, f"no such Python file {str(path)!r}")
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        del sys.modules[mod_name]
+        if not isinstance(exc, Exception):
+            raise
+        raise r.error(key, f"cannot import {str(path)!r}: {type(exc).__name__}: {one_line(exc)}") from None
+    return module
+
+
+# -- injections ------------------------------------------------------------------------------------------
+
+
+def _load_injections(top: TableReader, vcores: int) -> list[Injection]:
+    out = []
+    kinds = ("preempt", "syscall_latency")
+    for r in top.tables("injections", ("at_ns", *kinds, "warning_ns", "duration_ns")):
+        at_ns = r.int("at_ns")
+        given = [k for k in kinds if r.has(k)]
+        if len(given) != 1:
+            raise r.error("", f"expected exactly one of {', '.join(kinds)}; got {', '.join(given) or 'none'}")
+        if given[0] == "preempt":
+            vcore = r.int("preempt")
+            if vcore >= vcores:
+                raise r.error("preempt", f"expected a vcore id < {vcores} (machine.vcores), got {vcore}")
+            params = {"vcore": vcore, "warning_ns": r.int("warning_ns", 0)}
+            if r.has("duration_ns"):
+                params["duration_ns"] = r.int("duration_ns")
+        else:
+            for key in ("warning_ns", "duration_ns"):
+                if r.has(key):
+                    raise r.error(key, "only allowed with preempt")
+            sub = r.sub("syscall_latency", ("nr", "ns"))
+            nr = sub.get("nr", (int, str))
+            if isinstance(nr, str):
+                numbers = {v: k for k, v in SYSCALL_NAMES.items()}
+                if nr not in numbers:
+                    raise sub.error("nr", f"unknown syscall {nr!r} (known: {', '.join(numbers)})")
+                nr = numbers[nr]
+            params = {"nr": nr, "ns": sub.int("ns")}
+        out.append(Injection(at_ns, given[0], tuple(params.items())))
+    return out
+
+
+def _apply_injection(sim: Simulation, inj: Injection) -> None:
+    if inj.kind == "preempt":
+        sim.preempt_at(inj.at_ns, inj.param("vcore"), inj.param("warning_ns", 0), inj.param("duration_ns"))
+    elif inj.kind == "syscall_latency":
+        nr, ns = inj.param("nr"), inj.param("ns")
+        name = SYSCALL_NAMES.get(nr, str(nr))
+        sim.at(inj.at_ns, f"syscall_latency {name} {ns} ns", sim.set_syscall_latency, nr, ns)
+    else:  # pragma: no cover - _load_injections admits only the kinds above
+        raise ScenarioError(f"{sim.trace.header.get('scenario')}: unknown injection kind {inj.kind!r}")
+
+
+# -- building and running ---------------------------------------------------------------------------------
+
+
+def build(scenario: Scenario) -> Simulation:
+    """A Simulation ready to run: programs loaded, VMRs mapped, 2LS installed, threads and injections queued.
+
+    Raises:
+        ScenarioError: the 2LS rejects its params, or a program or mapping cannot be placed.
+    """
+    file = str(scenario.path)
+    header = {"seed": scenario.seed, "vcores": scenario.vcores, "scenario": scenario.path.name,
+              "sched": scenario.scheduler}  # fmt: skip
+    sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs, trace=Trace(header))
+    for i, spec in enumerate(scenario.programs):
+        try:
+            sim.load(spec.program)
+        except MemError as exc:
+            raise ScenarioError(f"{file}: programs[{i}]: cannot load {spec.name!r}: {one_line(exc)}") from None
+    for i, m in enumerate(scenario.mappings):
+        try:
+            sim.mem.map(m.start, m.length, m.prot, m.name, backed=m.backed)
+        except MemError as exc:
+            raise ScenarioError(f"{file}: mappings[{i}]: cannot map {m.name!r}: {one_line(exc)}") from None
+    params = {k: _thaw(v) for k, v in scenario.sched_params}
+    try:
+        sched = scenario.sched_factory(**params)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{file}: scheduler.params: {scenario.scheduler!r} rejects them: {one_line(exc)}") from None
+    try:
+        sim.set_sched(sched).validate()
+    except (TypeError, ValueError) as exc:  # SchedOpsError is a ValueError
+        raise ScenarioError(f"{file}: scheduler.name: {scenario.scheduler!r} is not a 2LS: {one_line(exc)}") from None
+    for spec in scenario.threads:
+        sim.spawn(spec.entry)
+    for i, inj in enumerate(scenario.injections):
+        try:
+            _apply_injection(sim, inj)
+        except SimulationError as exc:
+            raise ScenarioError(f"{file}: injections[{i}]: {one_line(exc)}") from None
+    return sim
+
+
+def _thaw(value):
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if isinstance(value, types.MappingProxyType):
+        return {k: _thaw(v) for k, v in value.items()}
+    return value
+
+
+def run_scenario(scenario_or_path, trace_path=None) -> ScenarioRun:
+    """Load (if given a path), build and run a scenario, then check its expectations.
+
+    Args:
+        scenario_or_path: a Scenario, or the path of a scenario file.
+        trace_path: if given, the JSONL trace is written there, whatever the outcome
+            (also when the run raises).
+
+    Returns:
+        A ScenarioRun; `.ok` tells whether every expectation held.
+
+    Raises:
+        ScenarioError: the scenario is invalid.
+    """
+    scenario = scenario_or_path if isinstance(scenario_or_path, Scenario) else load_scenario(scenario_or_path)
+    sim = build(scenario)
+    try:
+        result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
+    finally:
+        if trace_path is not None:
+            sim.trace.write(trace_path)
+    return ScenarioRun(scenario, sim, result, tuple(check_expectations(scenario.expect, sim, result)))
+
+

@@ -1,0 +1,186 @@
+"""The cost of a guest fault fixed by the exception table, against raw Unicorn, in the same process.
+
+    python bench/bench_fault.py [--faults N] [--repeat R] [--profile]
+
+(a) A guest uthread under the pthread 2LS loops calling the uaccess library's
+    get_user on an unmapped address: every call faults, the fault is reflected
+    into vcore context, the extable handler on the thread_refl_fault chain sets
+    rip to the fixup and rax to -EFAULT, and the uthread resumes.  Host time
+    of Simulation.run() divided by the number of faults is one round trip
+    through the whole runtime.  The same loop on a good address (no faults)
+    is timed too, to show what the loop itself costs.
+(b) A raw Unicorn fault round trip, as in bench/bench_cpu.py: emu_start ->
+    unmapped read -> UcError -> read rip.
+(c) ExceptionTable.lookup at 1,000 and 1,000,000 entries, hit and miss.
+
+Figures are medians over R repetitions, interleaved so machine noise hits all
+alike.  Last line: `fault ratio: X.XX`, (a) per fault over (b) (lower is
+better).  --profile prints cProfile's top functions for one run of (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import ctypes
+import pstats
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unicorn import UcError  # noqa: E402
+from unicorn import x86_const as x86  # noqa: E402
+from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
+
+from akaros_sim.asm import assemble  # noqa: E402
+from akaros_sim.extable import ExceptionTable  # noqa: E402
+from akaros_sim.memory import PAGE_SIZE, Prot  # noqa: E402
+from akaros_sim.program import ExtableEntry, ExtableType  # noqa: E402
+from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
+from akaros_sim.uaccess import uaccess_program  # noqa: E402
+from schedops.pthread import PthreadSched  # noqa: E402
+
+# The raw side: the same machine and fault bench/bench_cpu.py times.
+RAW_CODE, RAW_SLICE, RAW_BAD = 0x400000, 10_000, 0x500000
+
+UNMAPPED = 0x5000_0000
+GOOD = 0x1000_0000
+EFAULT_U64 = 2**64 - 14
+
+# rdi = iterations, rsi = the user pointer; returns the number of -EFAULTs seen.
+LOOP = """
+_start:
+    mov r12, rdi
+    mov r14, rsi
+    xor r15, r15
+    lea r13, [rip + slot]
+again:
+    mov rdi, r13
+    mov rsi, r14
+    movabs rax, {get_user}
+    call rax                     # get_user(&slot, user): faults when user is bad
+    shr rax, 63                  # 1 for -EFAULT
+    add r15, rax
+    dec r12
+    jnz again
+    mov rax, r15
+    ret
+.data
+slot: .quad 0
+"""
+
+
+def runtime_fault_loop(n: int, user: int, profile: cProfile.Profile | None = None) -> tuple[float, int]:
+    """Host seconds of Simulation.run() for n get_user calls on `user`, and the faults fixed."""
+    lib = uaccess_program()
+    prog = assemble(LOOP.format(get_user=lib.symbol("get_user")), 0x40_0000, name="loop")
+    sim = Simulation(vcores=1, seed=1)
+    sim.load(lib)
+    sim.load(prog)
+    sim.set_sched(PthreadSched())
+    sim.mem.map(GOOD, PAGE_SIZE, Prot.READ | Prot.WRITE, "good", backing=b"\x2a" * 8)
+    sim.spawn_guest("loop", prog.entry, n, user)
+    if profile is not None:
+        profile.enable()
+    t0 = time.perf_counter()
+    res = sim.run()
+    elapsed = time.perf_counter() - t0
+    if profile is not None:
+        profile.disable()
+    if res.end is not RunEnd.ALL_EXITED:
+        raise SystemExit(f"bench loop ended with {res.end.name}: {res.report}")
+    efaults = sim.uthread("loop").exit_value
+    fixed = sum(count for _, count in sim.extable.sites())
+    if efaults != (n if user == UNMAPPED else 0) or fixed != efaults:
+        raise SystemExit(f"bench loop: expected {n} fixed faults on {user:#x}, got {efaults} -EFAULTs, {fixed} fixups")
+    return elapsed, fixed
+
+
+def raw_fault_us(n: int) -> float:
+    """bench_cpu.py's raw fault round trip: emu_start -> unmapped read -> UcError -> read rip."""
+    from bench_cpu import FAULT, asm, raw_machine
+
+    uc = raw_machine(virtual_tlb=False)
+    uc.mem_write(RAW_CODE, asm(FAULT, RAW_CODE))
+    uc.reg_write(x86.UC_X86_REG_RAX, RAW_BAD)
+    rip = ctypes.c_uint64()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        try:
+            uc.emu_start(RAW_CODE, 0, count=RAW_SLICE)
+        except UcError:
+            pass
+        uclib.uc_reg_read(uc._uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
+    assert rip.value == RAW_CODE
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def lookup_tables(sizes: tuple[int, ...]) -> dict[int, tuple[ExceptionTable, list[int], list[int]]]:
+    """Per size: a table of entries 16 bytes apart, and shuffled hit and miss rips."""
+    rng = random.Random(1)
+    base, stride, queries = 0x40_0000, 16, 10_000
+    out = {}
+    for size in sizes:
+        entries = [ExtableEntry(base + stride * i, base + stride * i + 8, ExtableType.UACCESS) for i in range(size)]
+        table = ExceptionTable(entries)
+        hits = [base + stride * rng.randrange(size) for _ in range(queries)]
+        misses = [h + 1 + rng.randrange(stride - 1) for h in hits]  # between entries, never on one
+        out[size] = (table, hits, misses)
+    return out
+
+
+def lookup_ns(table: ExceptionTable, rips: list[int], expect_hit: bool) -> float:
+    lookup = table.lookup
+    t0 = time.perf_counter()
+    for rip in rips:
+        lookup(rip)
+    elapsed = time.perf_counter() - t0
+    if any((lookup(rip) is not None) != expect_hit for rip in rips[:100]):
+        raise SystemExit("lookup bench: a query did not hit or miss as built")
+    return elapsed / len(rips) * 1e9
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_cpu
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--faults", type=int, default=2000, help="faults per measurement")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed")
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions for (a)")
+    args = parser.parse_args()
+
+    n = args.faults
+    runtime_fault_loop(50, UNMAPPED)  # warm: calibration, keystone, capstone caches
+    tables = lookup_tables((1_000, 1_000_000))
+    ours, clean, raw = [], [], []
+    look = {key: [] for key in [(s, h) for s in tables for h in (True, False)]}
+    for _ in range(args.repeat):
+        elapsed, fixed = runtime_fault_loop(n, UNMAPPED)
+        ours.append(elapsed / fixed * 1e6)
+        clean.append(runtime_fault_loop(n, GOOD)[0] / n * 1e6)
+        raw.append(raw_fault_us(n))
+        for (size, hit), samples in look.items():
+            table, hits, misses = tables[size]
+            samples.append(lookup_ns(table, hits if hit else misses, hit))
+    med = statistics.median
+    print(f"runtime fault round trip (get_user, extable fixup, resume): {med(ours):8.1f} us/fault")
+    print(f"same loop without faults (good pointer):                     {med(clean):8.1f} us/call")
+    print(f"raw Unicorn fault round trip:                                {med(raw):8.1f} us/fault")
+    for size in tables:
+        print(f"extable lookup, {size:>9,} entries, hit:                   {med(look[(size, True)]):8.0f} ns")
+        print(f"extable lookup, {size:>9,} entries, miss:                  {med(look[(size, False)]):8.0f} ns")
+    big, small = max(tables), min(tables)
+    print(f"lookup cost {big:,} / {small:,} entries (hit):               "
+          f"{med(look[(big, True)]) / med(look[(small, True)]):8.2f}")  # fmt: skip
+    if args.profile:
+        profile = cProfile.Profile()
+        runtime_fault_loop(n, UNMAPPED, profile)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    print(f"fault ratio: {med(ours) / med(raw):.2f}")
+
+
+if __name__ == "__main__":
+    main()
