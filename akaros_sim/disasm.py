@@ -60,8 +60,16 @@ def disassemble(mem, addr: int, count: int = 1) -> list[Insn]:
 
 def describe_insn(mem, addr: int) -> str:
     """The instruction at addr as one line, or a note that it cannot be decoded."""
-    insns = disassemble(mem, addr)
-    return str(insns[0]) if insns else f"{addr:#x}: <no decodable instruction>"
+    return _describe(_read_code(mem, addr), addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe(code: bytes, addr: int) -> str:
+    insn = next(_cs(False).disasm(code, addr, 1), None)
+    if insn is None:
+        return f"{addr:#x}: <no decodable instruction>"
+    text = f"{insn.mnemonic} {insn.op_str}".strip()
+    return f"{addr:#x}: {bytes(insn.bytes).hex(' ')}  {text}"
 
 
 def insn_length(mem, addr: int) -> int:

@@ -100,7 +100,7 @@ class HandlerChain:
 
     def _consult(self, handler, args) -> FaultStatus:
         ctx = args[1] if len(args) > 1 and hasattr(args[1], "regs") else None
-        before = ctx.regs() if ctx is not None else None
+        before = tuple(ctx._regs) if ctx is not None else None
         try:
             status = handler(*args)
         except HandlerFailed:
@@ -112,10 +112,11 @@ class HandlerChain:
         if self.tracer is not None:
             changed = ()
             if ctx is not None:
-                after = ctx.regs()
-                changed = tuple(
-                    (name, before[name], after[name]) for name in REG_NAMES if before[name] != after[name]
-                )
+                after = tuple(ctx._regs)
+                if after != before:
+                    changed = tuple(
+                        (name, old, new) for name, old, new in zip(REG_NAMES, before, after, strict=True) if old != new
+                    )
             self.tracer("handler", op=self.op_name, handler=handler_name(handler), status=status.name, changed=changed)
         return status
 

@@ -21,7 +21,12 @@ FORMAT = "akaros-sim-trace/1"
 _RESERVED = frozenset({"t", "vc", "uth", "kind"})
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
 def _check_value(value):
+    if type(value) in _PLAIN:
+        return value
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, (tuple, list)):
@@ -67,10 +72,15 @@ class Trace:
         self.records: list[TraceRecord] = []
 
     def emit(self, t: int, vc: int, uth: str, kind: str, /, **details) -> TraceRecord:
-        clash = _RESERVED.intersection(details)
-        if clash:
-            raise ValueError(f"trace record {kind!r}: detail key(s) {', '.join(sorted(clash))} are reserved")
-        rec = TraceRecord(t, vc, uth, kind, tuple((k, _check_value(v)) for k, v in details.items()))
+        if not _RESERVED.isdisjoint(details):
+            clash = sorted(_RESERVED.intersection(details))
+            raise ValueError(f"trace record {kind!r}: detail key(s) {', '.join(clash)} are reserved")
+        items = tuple(details.items())
+        for _, v in items:
+            if type(v) not in _PLAIN:
+                items = tuple((k, _check_value(v)) for k, v in items)
+                break
+        rec = TraceRecord(t, vc, uth, kind, items)
         self.records.append(rec)
         return rec
 
