@@ -36,6 +36,22 @@ __all__ = ["MAIN_DETAIL", "Check", "Expectations", "Matcher", "check_expectation
 
 U64 = (1 << 64) - 1
 
+@attrs.frozen
+class CountRange:
+    """A count that must lie in [min, max] (max None: no upper bound)."""
+
+    min: int = 0
+    max: int | None = None
+
+    def holds(self, n: int) -> bool:
+        return n >= self.min and (self.max is None or n <= self.max)
+
+    def __str__(self) -> str:
+        if self.max is None:
+            return f">= {self.min}"
+        return f"{self.min}..{self.max}"
+
+
 # The detail a `KIND:VALUE` matcher compares, per trace kind.
 MAIN_DETAIL = types.MappingProxyType({
     "op": "op", "syscall": "name", "syscall_done": "name", "fault": "trap", "signal": "signo",
@@ -114,7 +130,7 @@ class Expectations:
     console_contains: tuple[str, ...] = ()
     report_contains: tuple[str, ...] = ()
     retvals: tuple[tuple[str, object], ...] = ()
-    counts: tuple[tuple[Matcher, int], ...] = ()
+    counts: tuple[tuple[Matcher, object], ...] = ()  # an int, or a CountRange
     registers: tuple[RegisterExpect, ...] = ()
     memory: tuple[MemoryExpect, ...] = ()
     order: tuple[OrderExpect, ...] = ()
@@ -160,8 +176,16 @@ def load_expect(top: TableReader, threads: set[str], symbol_addr) -> Expectation
     counts = []
     for text, n in r.get("counts", (dict,), {}).items():
         key = f"counts.{quote_key(text)}"
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise r.error(key, f"expected an integer >= 0, got {describe(n)}")
+        if isinstance(n, dict):  # a range: { min = N } and/or { max = M }
+            unknown = sorted(set(n) - {"min", "max"})
+            if unknown or not n:
+                raise r.error(key, f"expected an integer or a table with min and/or max, got keys {sorted(n)}")
+            for bound in n.values():
+                if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+                    raise r.error(key, f"expected integer bounds >= 0, got {describe(bound)}")
+            n = CountRange(n.get("min", 0), n.get("max"))
+        elif not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise r.error(key, f"expected an integer >= 0 or a table with min and/or max, got {describe(n)}")
         counts.append((parse_matcher(r, key, text), n))
 
     return Expectations(
@@ -201,7 +225,14 @@ def _load_memory(r: TableReader, symbol_addr) -> tuple[MemoryExpect, ...]:
         size = mr.int("size", 8)
         if size not in (1, 2, 4, 8):
             raise mr.error("size", f"expected 1, 2, 4 or 8, got {size}")
-        value = mr.int("value", minimum=None) & ((1 << (8 * size)) - 1)
+        raw = mr.get("value", (int, dict))
+        if isinstance(raw, dict):  # a range: { min = N } and/or { max = M }
+            if not raw or set(raw) - {"min", "max"}:
+                raise mr.error("value", f"expected an integer or a table with min and/or max, got keys {sorted(raw)}")
+            value = CountRange(mr.sub("value", ("min", "max")).int("min", 0),
+                               mr.sub("value", ("min", "max")).int("max", None))  # fmt: skip
+        else:
+            value = mr.int("value", minimum=None) & ((1 << (8 * size)) - 1)
         out.append(MemoryExpect(what, addr, size, value))
     return tuple(out)
 
@@ -281,7 +312,9 @@ def check_expectations(exp: Expectations, sim, result) -> list[Check]:
             checks.append(Check(f"retvals.{name}", _same_value(want, uth.exit_value), want, uth.exit_value))
     for matcher, want in exp.counts:
         got = sum(1 for rec in sim.trace if matcher.matches(rec))
-        checks.append(Check(f"counts.{quote_key(matcher.text)}", got == want, want, got))
+        ok = want.holds(got) if isinstance(want, CountRange) else got == want
+        checks.append(Check(f"counts.{quote_key(matcher.text)}", ok, str(want) if isinstance(want, CountRange) else want,
+                            got))  # fmt: skip
     for i, reg_exp in enumerate(exp.registers):
         uth = _find_uthread(sim, reg_exp.thread)
         for reg, want in reg_exp.regs:
@@ -292,7 +325,13 @@ def check_expectations(exp: Expectations, sim, result) -> list[Check]:
             got = int.from_bytes(sim.mem.read(mem_exp.addr, mem_exp.size), "little")
         except MemError as exc:
             got = f"unreadable: {one_line(exc)}"
-        checks.append(Check(f"memory[{i}].{mem_exp.what}", got == mem_exp.value, mem_exp.value, got))
+        want = mem_exp.value
+        if isinstance(want, CountRange):
+            ok = isinstance(got, int) and want.holds(got)
+            want = str(want)
+        else:
+            ok = got == want
+        checks.append(Check(f"memory[{i}].{mem_exp.what}", ok, want, got))
     for i, order in enumerate(exp.order):
         checks.append(_check_order(f"order[{i}]", sim.trace, order))
     return checks

@@ -112,8 +112,14 @@ __all__ = [
 
 # The 2LSes known by name, as import references: akaros_sim never imports schedops statically.
 BUILTIN_SCHEDULERS = types.MappingProxyType(
-    {"pthread": "schedops.pthread:PthreadSched", "thread0": "schedops.thread0:Thread0Sched"}
+    {
+        "pthread": "schedops.pthread:PthreadSched",
+        "thread0": "schedops.thread0:Thread0Sched",
+        "roundrobin": "schedops.roundrobin:RoundRobinSched",
+    }
 )
+# Guest libraries shipped with the package, by name: (module, function building the Program).
+LIBRARIES = types.MappingProxyType({"uaccess": "akaros_sim.uaccess:uaccess_program"})
 DEFAULT_SCHEDULER = "pthread"
 PROGRAM_BASE = 0x400000  # where programs[0] is assembled unless it says otherwise
 PROGRAM_STRIDE = 0x100000  # ... and programs[i] at PROGRAM_BASE + i * PROGRAM_STRIDE
@@ -156,14 +162,32 @@ class ThreadSpec:
 
 @attrs.frozen
 class Injection:
-    """A kernel event at `at_ns`: `kind` is "preempt" or "syscall_latency"; `params` its arguments."""
+    """A kernel event at `at_ns`: `kind` is "preempt", "syscall_latency" or "tick_storm"; `params` its arguments."""
 
     at_ns: int
     kind: str
-    params: tuple[tuple[str, int], ...]
+    params: tuple[tuple[str, object], ...]
 
     def param(self, key: str, default=None):
         return dict(self.params).get(key, default)
+
+
+@attrs.frozen
+class HandlerSpec:
+    """A fault handler registered on the process's thread_refl_fault chain, in file order."""
+
+    ref: str
+    handler: object = attrs.field(repr=False)
+    insert_tail: bool = False
+
+
+@attrs.frozen
+class RasSpec:
+    """A restartable atomic sequence declared in the scenario (start, end, restart addresses)."""
+
+    start: int
+    end: int
+    restart: int
 
 
 @attrs.frozen
@@ -182,6 +206,8 @@ class Scenario:
     mappings: tuple[MappingSpec, ...] = ()
     threads: tuple[ThreadSpec, ...] = ()
     injections: tuple[Injection, ...] = ()
+    handlers: tuple[HandlerSpec, ...] = ()
+    ras: tuple[RasSpec, ...] = ()
     until_ns: int | None = None
     max_insns: int | None = None
     expect: Expectations = Expectations()
@@ -203,7 +229,10 @@ class ScenarioRun:
 
 # -- loading ---------------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("description", "machine", "scheduler", "programs", "mappings", "threads", "injections", "run", "expect")
+_TOP_KEYS = (
+    "description", "machine", "scheduler", "programs", "mappings", "threads", "injections", "handlers", "ras",
+    "run", "expect",
+)  # fmt: skip
 
 
 def load_scenario(path) -> Scenario:
@@ -260,6 +289,8 @@ def load_scenario(path) -> Scenario:
     prog_by_name = {p.name: p.program for p in programs}
     threads = _load_threads(top, prog_by_name, path.parent)
     injections = _load_injections(top, vcores)
+    handlers = _load_handlers(top, path.parent)
+    ras = _load_ras(top, prog_by_name)
 
     run = top.sub("run", ("until_ns", "max_insns"), {})
     until_ns = run.int("until_ns", None, minimum=1)
@@ -271,7 +302,8 @@ def load_scenario(path) -> Scenario:
     return Scenario(
         path=path, description=description.strip(), vcores=vcores, seed=seed, costs=costs, scheduler=sched_name,
         sched_factory=factory, sched_params=sched_params, programs=tuple(programs), mappings=tuple(mappings),
-        threads=tuple(threads), injections=tuple(injections), until_ns=until_ns, max_insns=max_insns, expect=expect,
+        threads=tuple(threads), injections=tuple(injections), handlers=tuple(handlers), ras=tuple(ras),
+        until_ns=until_ns, max_insns=max_insns, expect=expect,
     )  # fmt: skip
 
 
@@ -287,14 +319,21 @@ def _load_costs(reader: TableReader) -> Costs:
 
 def _load_programs(top: TableReader, base_dir: Path) -> list[ProgramSpec]:
     programs: list[ProgramSpec] = []
-    for index, r in enumerate(top.tables("programs", ("name", "base", "source", "file", "elf"))):
+    for index, r in enumerate(top.tables("programs", ("name", "base", "source", "file", "elf", "library"))):
         name = _name(r, "name")
         if name in {p.name for p in programs}:
             raise r.error("name", f"duplicate program name {name!r}")
-        given = [k for k in ("source", "file", "elf") if r.has(k)]
+        given = [k for k in ("source", "file", "elf", "library") if r.has(k)]
         if len(given) != 1:
-            raise r.error("", f"expected exactly one of source, file, elf; got {', '.join(given) or 'none'}")
-        if given[0] == "elf":
+            raise r.error("", f"expected exactly one of source, file, elf, library; got {', '.join(given) or 'none'}")
+        if given[0] == "library":
+            lib = r.get("library", (str,))
+            if lib not in LIBRARIES:
+                raise r.error("library", f"unknown library {lib!r} (expected one of {', '.join(LIBRARIES)})")
+            module, func = LIBRARIES[lib].split(":")
+            build_lib = getattr(importlib.import_module(module), func)
+            program = build_lib(r.int("base"), name) if r.has("base") else build_lib(name=name)
+        elif given[0] == "elf":
             if r.has("base"):
                 raise r.error("base", "not allowed with elf (an ELF has fixed addresses)")
             elf_path = base_dir / r.get("elf", (str,))
@@ -493,13 +532,27 @@ def _import_file(r: TableReader, key: str, path: Path):
 
 def _load_injections(top: TableReader, vcores: int) -> list[Injection]:
     out = []
-    kinds = ("preempt", "syscall_latency")
+    kinds = ("preempt", "syscall_latency", "tick_storm")
     for r in top.tables("injections", ("at_ns", *kinds, "warning_ns", "duration_ns")):
         at_ns = r.int("at_ns")
         given = [k for k in kinds if r.has(k)]
         if len(given) != 1:
             raise r.error("", f"expected exactly one of {', '.join(kinds)}; got {', '.join(given) or 'none'}")
-        if given[0] == "preempt":
+        if given[0] == "tick_storm":
+            for key in ("warning_ns", "duration_ns"):
+                if r.has(key):
+                    raise r.error(key, "only allowed with preempt")
+            sub = r.sub("tick_storm", ("min_insns", "max_insns", "until_ns", "vcores"))
+            lo, hi = sub.int("min_insns", minimum=1), sub.int("max_insns", minimum=1)
+            if hi < lo:
+                raise sub.error("max_insns", f"expected >= min_insns ({lo}), got {hi}")
+            params = {"min_insns": lo, "max_insns": hi, "until_ns": sub.int("until_ns", 1 << 62, minimum=at_ns)}
+            targets = sub.get("vcores", (list,), list(range(vcores)))
+            for v in targets:
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < vcores:
+                    raise sub.error("vcores", f"expected vcore ids < {vcores}, got {describe(v)}")
+            params["vcores"] = tuple(targets)
+        elif given[0] == "preempt":
             vcore = r.int("preempt")
             if vcore >= vcores:
                 raise r.error("preempt", f"expected a vcore id < {vcores} (machine.vcores), got {vcore}")
@@ -522,8 +575,50 @@ def _load_injections(top: TableReader, vcores: int) -> list[Injection]:
     return out
 
 
+def _load_handlers(top: TableReader, base_dir: Path) -> list[HandlerSpec]:
+    out = []
+    for r in top.tables("handlers", ("python", "insert_tail")):
+        ref = r.get("python", (str,))
+        if ":" not in ref:
+            raise r.error("python", f"expected 'file.py:function' or 'module:function', got {ref!r}")
+        handler = _resolve_ref(r, "python", ref, base_dir)
+        if not callable(handler):
+            raise r.error("python", f"expected a callable handler(uth, ctx) -> FaultStatus, got {describe(handler)}")
+        out.append(HandlerSpec(ref, handler, r.get("insert_tail", (bool,), False)))
+    return out
+
+
+def _load_ras(top: TableReader, programs: dict[str, Program]) -> list[RasSpec]:
+    from akaros_sim.ras import RasError, RasTable
+
+    out = []
+    entries = []
+    for r in top.tables("ras", ("start", "end", "restart")):
+        addrs = {}
+        for key in ("start", "end", "restart"):
+            if key == "restart" and not r.has(key):
+                addrs[key] = addrs["start"]
+                continue
+            value = r.get(key, (int, str))
+            addrs[key] = _symbol_addr(r, key, value, programs) if isinstance(value, str) else value
+        if not addrs["start"] < addrs["end"]:
+            raise r.error("end", f"expected an address after start ({addrs['start']:#x}), got {addrs['end']:#x}")
+        out.append(RasSpec(addrs["start"], addrs["end"], addrs["restart"]))
+        from akaros_sim.program import RasEntry
+
+        entries.append(RasEntry(addrs["start"], addrs["end"], addrs["restart"]))
+        try:
+            RasTable(entries + [e for p in programs.values() for e in p.ras])
+        except RasError as exc:
+            raise r.error("", one_line(exc)) from None
+    return out
+
+
 def _apply_injection(sim: Simulation, inj: Injection) -> None:
-    if inj.kind == "preempt":
+    if inj.kind == "tick_storm":
+        sim.tick_storm(inj.at_ns, inj.param("until_ns"), inj.param("min_insns"), inj.param("max_insns"),
+                       list(inj.param("vcores")))  # fmt: skip
+    elif inj.kind == "preempt":
         sim.preempt_at(inj.at_ns, inj.param("vcore"), inj.param("warning_ns", 0), inj.param("duration_ns"))
     elif inj.kind == "syscall_latency":
         nr, ns = inj.param("nr"), inj.param("ns")
@@ -565,6 +660,10 @@ def build(scenario: Scenario) -> Simulation:
         sim.set_sched(sched).validate()
     except (TypeError, ValueError) as exc:  # SchedOpsError is a ValueError
         raise ScenarioError(f"{file}: scheduler.name: {scenario.scheduler!r} is not a 2LS: {one_line(exc)}") from None
+    for spec in scenario.handlers:
+        sim.register_fault_handler(spec.handler, spec.insert_tail)
+    for spec in scenario.ras:
+        sim.add_ras(spec.start, spec.end, spec.restart)
     for spec in scenario.threads:
         sim.spawn(spec.entry)
     for i, inj in enumerate(scenario.injections):

@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 from akaros_sim.cli import main
-from akaros_sim.scenario import ScenarioError, build, load_scenario, run_scenario
+from akaros_sim.scenario import BUILTIN_SCHEDULERS, ScenarioError, build, load_scenario, run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -82,11 +82,11 @@ def test_shipped_scenario_passes_and_is_deterministic(path, tmp_path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_scenario_tells_its_story(path):
-    """Each shipped scenario opens with a comment, has a description, uses pthread and checks several things."""
+    """Each shipped scenario opens with a comment, has a description, uses a built-in 2LS and checks several things."""
     text = path.read_text(encoding="utf-8")
     assert text.startswith(f"# {path.stem}: ")
     scenario = load_scenario(path)
-    assert scenario.description and scenario.scheduler == "pthread"
+    assert scenario.description and scenario.scheduler in BUILTIN_SCHEDULERS
     assert scenario.expect.end is not None and len(scenario.expect.counts) >= 3
 
 
