@@ -325,6 +325,15 @@ def _split(text: str, in_comment: bool) -> tuple[list[str], bool]:
     return [s.strip() for s in statements if s.strip()], in_comment
 
 
+# Register names that may appear in a memory operand (never labels or constants).
+_REGISTERS = frozenset(
+    [f"r{n}" for n in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip")]
+    + [f"e{n}" for n in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip")]
+    + [f"r{i}{s}" for i in range(8, 16) for s in ("", "d", "w", "b")]
+    + ["fs", "gs", "cs", "ds", "es", "ss"]
+)
+
+
 def _identifiers(expr: str) -> set[str]:
     return set(re.findall(_NAME, _NUMBER.sub(" ", expr)))
 
@@ -340,6 +349,14 @@ def _rewrite(name: str, lineno: int, text: str, stmt: str, section: str, constan
                 name, lineno, text,
                 f"memory operand [{operand.strip()}] has no register or label; keystone would encode it as "
                 "[rip + ...]: use a register base or [rip + label]",
+            )
+        names = _identifiers(operand) - _REGISTERS
+        if names & constants and names - constants:
+            raise _fail(
+                name, lineno, text,
+                f"memory operand [{operand.strip()}] mixes a label ({', '.join(sorted(names - constants))}) with a "
+                f"named constant ({', '.join(sorted(names & constants))}); keystone silently drops one of them: "
+                "write the offset as a number or go through a register",
             )
     if _SEGMENT_NUMBER.search(bare):
         raise _fail(name, lineno, text, "segment:number operand; keystone makes it [rip + ...]: use a register base")

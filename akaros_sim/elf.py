@@ -110,8 +110,10 @@ def load_elf(path: str | os.PathLike) -> Program:
 
 def _check_ident(where: str, image: bytes) -> None:
     """Check e_ident ourselves: pyelftools would happily parse a 32-bit file."""
-    if len(image) < _EI_NIDENT or image[:4] != _ELF_MAGIC:
+    if image[:4] != _ELF_MAGIC:
         raise ElfError(f"{where}: not an ELF file (expected magic {_ELF_MAGIC!r}, got {image[:4]!r})")
+    if len(image) < _EI_NIDENT:
+        raise ElfError(f"{where}: truncated ELF identification (expected {_EI_NIDENT} bytes, got {len(image)})")
     ei_class, ei_data = image[_EI_CLASS], image[_EI_DATA]
     if ei_class != 2:
         raise ElfError(f"{where}: expected ELFCLASS64, got {_CLASS_NAMES.get(ei_class, ei_class)}")

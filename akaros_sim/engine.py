@@ -14,6 +14,10 @@ contexts (STYLE.md 13):
 * `Engine.enter_vcore_context(vc, reason, ...)`: from a uthread, start vcore
   context fresh at vcore_entry (yield, notification, fault, exit).
 
+Each vcore has one vcore-context greenlet that loops back to vcore_entry
+whenever it is switched to; uthread and vcore context switch to each other
+directly, so a yield costs two greenlet switches and creates nothing.
+
 Everything else that runs on a vcore gives the engine a chance to advance
 other vcores through `Engine.yield_to_engine`, which keeps the greenlet to
 resume in `vc.gl`.
@@ -105,6 +109,7 @@ class Vcore:
         self.online_since = 0
         self.unavailable_until = 0  # a preempted pcore comes back after this
         self.preempt_pending = 0  # deadline of a preemption warning, 0 = none
+        self.pending_duration: int | None = None  # how long the warned pcore will be away
         self.nr_preempts = 0
         # VCPD: notifications and mailbox
         self.notif_disabled = True
@@ -116,8 +121,12 @@ class Vcore:
         self.tick_period = 0
         self.tick_expired = 0
         self.tick_event = None
+        self.storm: tuple | None = None  # a tick storm: (end_ns, min_insns, max_insns)
+        self.storm_left = 0  # guest instructions until its next tick
         # engine: the greenlet to switch to when this vcore runs next
         self.gl: greenlet | None = None
+        self.vgl: greenlet | None = None  # its vcore-context greenlet (one, reused)
+        self.entry: tuple = ("?", None)  # why vcore context starts next, and the action to run first
         self.in_vcore_ctx = False
         # statistics
         self.busy_ns = 0  # time charged while online
@@ -267,7 +276,7 @@ class Engine:
         elif uth.greenlet.dead:
             raise EngineError(f"vcore {vc.id}: uthread {uth.name!r} has finished and cannot run")
         vc.switches += 1
-        raise _EnterUthread(uth)
+        raise _EnterUthread(uth)  # unwinds vcore context to the top of _vcore_main
 
     def enter_vcore_context(self, vc: Vcore, reason: str, action=None) -> None:
         """From uthread context on `vc`: start vcore context fresh; returns when the uthread runs again.
@@ -278,32 +287,45 @@ class Engine:
         cur = getcurrent()
         if vc.in_vcore_ctx or cur is not vc.gl:
             raise EngineError(f"vcore {vc.id}: entering vcore context ({reason}) from outside a uthread")
-        vc.gl = self._new_vcore_greenlet(vc, reason, action)
+        vc.entry = (reason, action)
         vc.in_vcore_ctx = True
-        self.gl.switch()
+        vc.gl = self._vcore_greenlet(vc)
+        vc.gl.switch()  # straight to vcore context; the engine is not involved
 
-    def _new_vcore_greenlet(self, vc: Vcore, reason: str, action=None) -> SimGreenlet:
-        return SimGreenlet(lambda: self._vcore_main(vc, reason, action), self.gl, self.sim)
+    def _vcore_greenlet(self, vc: Vcore) -> SimGreenlet:
+        """vc's one vcore-context greenlet; it loops back to vcore_entry each time it is switched to."""
+        if vc.vgl is None or vc.vgl.dead:
+            vc.vgl = SimGreenlet(lambda: self._vcore_main(vc), self.gl, self.sim)
+        return vc.vgl
 
     def start_vcore(self, vc: Vcore, reason: str) -> None:
         """Kernel side: vc starts fresh at vcore_entry (granted, or restarted after preemption)."""
-        vc.gl = self._new_vcore_greenlet(vc, reason)
+        vc.entry = (reason, None)
         vc.in_vcore_ctx = True
+        vc.gl = self._vcore_greenlet(vc)
 
-    def _vcore_main(self, vc: Vcore, reason: str, action):
-        try:
-            vc.notif_disabled = True
-            self.sim._vcore_entry(vc, reason, action)
-        except _EnterUthread as enter:
-            uth = enter.uth
-            vc.in_vcore_ctx = False
-            vc.gl = uth.greenlet
-            return None
-        except _VcoreOffline:
-            vc.gl = None
-            vc.in_vcore_ctx = False
-            return None
-        raise EngineError(f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)")
+    def _vcore_main(self, vc: Vcore):
+        """Vcore context's program: each pass is one fresh vcore_entry (the stack starts empty).
+
+        A pass ends by switching away, and whoever switches back means "start
+        vcore context again": a uthread entering it, or the kernel restarting vc.
+        """
+        while True:
+            reason, action = vc.entry
+            vc.entry = ("?", None)
+            try:
+                vc.notif_disabled = True
+                self.sim._vcore_entry(vc, reason, action)
+                raise EngineError(f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)")
+            except _EnterUthread as enter:
+                uth = enter.uth
+                vc.in_vcore_ctx = False
+                vc.gl = uth.greenlet
+                uth.greenlet.switch()
+            except _VcoreOffline:
+                vc.gl = None
+                vc.in_vcore_ctx = False
+                self.gl.switch()
 
     # -- the loop -----------------------------------------------------------------------
 

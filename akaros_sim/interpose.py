@@ -60,13 +60,16 @@ class HandlerFailed(Exception):
 class HandlerChain:
     """A callable that stands in for one op.  Lifecycle: interpose -> register/unregister* -> uninterpose."""
 
-    def __init__(self, ops, op_name: str, previous, tracer=None, trace_previous: bool = True) -> None:
+    def __init__(
+        self, ops, op_name: str, previous, tracer=None, trace_previous: bool = True, trace_unchanged: bool = True
+    ) -> None:
         self.ops = ops
         self.op_name = op_name
         self.previous = previous
         self.handlers: list = []
-        self.tracer = tracer  # tracer(kind, **details), or None
+        self.tracer = tracer  # tracer(kind, subject uthread or None, **details), or None
         self.trace_previous = trace_previous  # record "chain_previous" when the walk falls through
+        self.trace_unchanged = trace_unchanged  # record a CONTINUE that changed nothing
 
     def register(self, handler, insert_tail: bool = False) -> None:
         """Add a handler at the head (default) or the tail; registering one twice is an error."""
@@ -95,12 +98,12 @@ class HandlerChain:
             if status is FaultStatus.FAIL:
                 raise HandlerFailed(self, handler, "returned FAIL")
         if self.tracer is not None and self.trace_previous:
-            self.tracer("chain_previous", op=self.op_name)
+            self.tracer("chain_previous", args[0] if args else None, op=self.op_name)
         return self.previous(*args)
 
     def _consult(self, handler, args) -> FaultStatus:
         ctx = args[1] if len(args) > 1 and hasattr(args[1], "regs") else None
-        before = tuple(ctx._regs) if ctx is not None else None
+        before = bytes(ctx._regs) if ctx is not None else None
         try:
             status = handler(*args)
         except HandlerFailed:
@@ -111,13 +114,18 @@ class HandlerChain:
             raise HandlerFailed(self, handler, f"returned {status!r}, not a FaultStatus")
         if self.tracer is not None:
             changed = ()
-            if ctx is not None:
-                after = tuple(ctx._regs)
-                if after != before:
-                    changed = tuple(
-                        (name, old, new) for name, old, new in zip(REG_NAMES, before, after, strict=True) if old != new
-                    )
-            self.tracer("handler", op=self.op_name, handler=handler_name(handler), status=status.name, changed=changed)
+            if ctx is not None and bytes(ctx._regs) != before:
+                old_regs = memoryview(before).cast("Q")
+                changed = tuple(
+                    (name, old, new)
+                    for name, old, new in zip(REG_NAMES, old_regs, ctx._regs, strict=True)
+                    if old != new
+                )
+            if not changed and status is FaultStatus.CONTINUE_NEXT_HANDLER and not self.trace_unchanged:
+                return status
+            subject = args[0] if args else None
+            self.tracer("handler", subject, op=self.op_name, handler=handler_name(handler), status=status.name,
+                        changed=changed)  # fmt: skip
         return status
 
     def __repr__(self) -> str:

@@ -155,15 +155,22 @@ class Kernel:
         """Grant vcores, after the grant latency, until amt_wanted are online or coming."""
         while self.num_vcores() + self._grant_pending < self.amt_wanted:
             if self._free_vcore() is None:
-                # every offline vcore is preempted for a while; retry when the first comes back
-                soon = min(vc.unavailable_until for vc in self.engine.vcores if not vc.online)
-                self.engine.schedule(soon, "ksched", self._retry_grant)
+                # Nothing grantable now.  If a pcore is away (preempted), retry when the
+                # first comes back; pending grants poke the ksched again themselves.
+                now = self._kernel_now()
+                away = [vc.unavailable_until for vc in self.engine.vcores if not vc.online and vc.unavailable_until > now]
+                if away:
+                    self.engine.schedule(min(away), "ksched", self._retry_grant)
                 return
             self._grant_pending += 1
             self.engine.schedule(self._kernel_now() + self.costs.vcore_grant_ns, "grant", self._grant)
 
     def _retry_grant(self) -> None:
         self.poke_ksched()
+
+    def _restore_preempted(self, vc) -> None:
+        if vc.state is VcoreState.PREEMPTED and vc.in_vcore_ctx and self.state is not ProcState.DYING:
+            self.bring_online(vc, self.engine.now)
 
     def _free_vcores(self) -> list:
         """Vcores the ksched can grant now, in grant order: those with mail waiting
@@ -208,7 +215,7 @@ class Kernel:
         if vc.tick_period:
             self.sim.arm_tick(vc)
 
-    def sys_yield(self, vc, being_nice: bool) -> bool:
+    def sys_yield(self, vc, being_nice: bool) -> bool:  # noqa: C901 - Akaros's checks, in its order
         """SYS_proc_yield from vcore context.  True: the vcore is now offline."""
         if vc.notif_pending:
             return False
@@ -221,9 +228,11 @@ class Kernel:
         vc.set_state(VcoreState.OFFLINE)
         self.sim.trace_event(vc, "vcore_offline", nice=being_nice, amt_wanted=self.amt_wanted)
         if being_nice:
-            # The kernel wanted this pcore: it stays away as if preempted, then
-            # the ksched gives the process what it still wants.
-            vc.unavailable_until = self._kernel_now() + self.costs.preempt_duration_ns
+            # The kernel wanted this pcore: it stays away as if preempted (for
+            # the warning's duration), then the ksched gives the process what it still wants.
+            duration = vc.pending_duration if vc.pending_duration is not None else self.costs.preempt_duration_ns
+            vc.pending_duration = None
+            vc.unavailable_until = self._kernel_now() + duration
             self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
         if vc.tick_event is not None:
             vc.tick_event.cancelled = True
@@ -242,6 +251,7 @@ class Kernel:
             return
         if warning_ns:
             vc.preempt_pending = self.engine.now + warning_ns
+            vc.pending_duration = duration_ns
             self.sim.trace_event(vc, "preempt_warn", deadline=vc.preempt_pending)
             self.post(vc, EventMsg(EV_PREEMPT_PENDING), notify=True)
             self.engine.schedule(vc.preempt_pending, "preempt", self._preempt_deadline, vc, duration_ns)
@@ -273,6 +283,13 @@ class Kernel:
             self.state = ProcState.WAITING
             self.amt_wanted = max(self.amt_wanted, 1)
         self.send_event(EventQueue(vc.id), EventMsg(EV_VCORE_PREEMPT, arg2=vc.id))
+        if vc.in_vcore_ctx:
+            # Its vcore context (and any uthread it held) is saved with it; nobody
+            # can steal from it.  Akaros has a peer change_to_vcore or restarts it
+            # from the bulk-preempted list; here the kernel restarts it as soon as
+            # its pcore is back, whatever amt_wanted says.
+            restart = vc.unavailable_until + self.costs.vcore_grant_ns
+            self.engine.schedule(restart, "restore", self._restore_preempted, vc)
         self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
         self.poke_ksched()
 

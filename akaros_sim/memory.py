@@ -203,7 +203,11 @@ class AddressSpace:
             raise MemError(
                 f"map {name!r}: [{start:#x}, {start + length:#x}) overlaps VMR {vmr.name!r} [{vmr.start:#x}, {vmr.end:#x})"
             )
-        buf = mmap.mmap(-1, length)
+        try:
+            buf = mmap.mmap(-1, length)
+        except (OSError, OverflowError) as exc:
+            raise MemError(f"map {name!r}: cannot allocate {length:#x} bytes for [{start:#x}, {start + length:#x}): "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None  # fmt: skip
         vmr = Vmr(start, start + length, Prot(prot), name, buf, 0, bytearray([int(backed)]) * (length >> PAGE_SHIFT))
         if backing is not None:
             vmr.backing = bytes(backing)

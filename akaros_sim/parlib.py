@@ -43,6 +43,9 @@ def _sim(fn: str):
     if sim.finished:
         # the run is over and this uthread is being unwound: do nothing more
         raise GreenletExit()
+    uth = getattr(getcurrent(), "uth", None)
+    if uth is not None and uth.state is UthState.EXITED:
+        raise GreenletExit()  # an exited uthread being unwound (its finally blocks must not act)
     return sim
 
 
@@ -126,7 +129,7 @@ def handle_events() -> int:
 def vcore_tick_enable(period_ns: int) -> None:
     """Ask for a periodic tick on this vcore that interrupts its uthread into vcore context."""
     sim = _sim("vcore_tick_enable")
-    vc = sim.engine.current
+    vc = sim.engine.current or sim.engine.vcores[0]  # from sched_init: thread0's vcore
     if not isinstance(period_ns, int) or period_ns <= 0:
         raise ParlibError(f"vcore_tick_enable: expected a period > 0 ns, got {period_ns!r}")
     vc.tick_period = period_ns
@@ -135,7 +138,7 @@ def vcore_tick_enable(period_ns: int) -> None:
 
 def vcore_tick_disable() -> None:
     sim = _sim("vcore_tick_disable")
-    vc = sim.engine.current
+    vc = sim.engine.current or sim.engine.vcores[0]
     vc.tick_period = 0
     if vc.tick_event is not None:
         vc.tick_event.cancelled = True
@@ -213,6 +216,7 @@ def _pop(sim, vc, uth: Uthread, how: str, resume: bool = False) -> None:
         sim.resume_chain(uth, uth.ctx, why)
     if uth.tls:
         sim.mem.write_u64(uth.tls, vc.id)  # the rseq-like cpu_id the guest reads at fs:[0]
+    sim.engine.maybe_yield()  # deliver what fell due in vcore context before leaving it
     if vc.notif_pending:
         # pop_user_ctx never leaves vcore context with a notification pending
         raise RestartVcoreEntry()
@@ -284,6 +288,15 @@ def uthread_cleanup(uth: Uthread) -> None:
     sim = _sim("uthread_cleanup")
     uth.set_state(UthState.EXITED)
     sim.trace_event(None, "uthread_cleanup", target=uth.name)
+    # Its greenlet is suspended in the exit path forever: end it now, not at
+    # the end of the run (a finished uthread should not hold its stack).
+    gl, uth.greenlet = uth.greenlet, None
+    if gl is not None and not gl.dead and gl is not getcurrent():
+        gl.parent = getcurrent()
+        try:
+            gl.throw(GreenletExit)
+        except GreenletExit:
+            pass
 
 
 def syscall_async(nr: int, *args):
@@ -326,7 +339,7 @@ def uthread_prep_signal_from_fault(uth: Uthread, signo: int, code: int, addr: in
 
 def trace(kind: str, **details) -> None:
     """Add a record of your own to the trace (a 2LS's decisions, a test's markers)."""
-    _sim("trace").trace_event(None, kind, **details)
+    _sim("trace").user_trace_event(kind, **details)
 
 
 # -- uthread context ----------------------------------------------------------------------------------
@@ -437,6 +450,7 @@ def _exit_cb(uth: Uthread, retval) -> None:
     uth.retval = retval
     uth.exit_value = retval
     uth.has_exited = True
+    sim._live -= 1
     sim.trace_event(None, "uthread_exit", target=uth.name, join=uth.join_state.name, retval=_plain(retval))
     if uth.join_state is JoinState.DETACHED:
         sim.call_op("thread_exited", uth)

@@ -91,8 +91,11 @@ class RasHandler:
         self.sim.trace_event(None, "ras_restart", uth=uth, seq=entry.start, old_rip=old, new_rip=entry.restart, why=why)
 
     def on_paused(self, uth) -> FaultStatus:
-        """thread_paused handler: the uthread was stopped and handed back (preemption, migration)."""
-        self.check(uth, uth.interrupted or "paused")
+        """thread_paused handler: the uthread was stopped against its will and handed back
+        (preemption, migration).  A pause it asked for (returning from a signal
+        handler, whose chosen context is authoritative) is left alone."""
+        if uth.interrupted is not None:
+            self.check(uth, uth.interrupted)
         return FaultStatus.CONTINUE_NEXT_HANDLER
 
     def on_resume(self, uth, ctx, why) -> FaultStatus:

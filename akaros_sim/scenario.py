@@ -107,6 +107,7 @@ __all__ = [
     "ScenarioRun",
     "build",
     "load_scenario",
+    "load_scenario_text",
     "run_scenario",
 ]
 
@@ -162,11 +163,16 @@ class ThreadSpec:
 
 @attrs.frozen
 class Injection:
-    """A kernel event at `at_ns`: `kind` is "preempt", "syscall_latency" or "tick_storm"; `params` its arguments."""
+    """A kernel event at `at_ns`, or when uthread `thread` has retired `at_insns` guest instructions.
 
-    at_ns: int
+    `kind` is one of _INJECTION_KINDS; `params` its arguments.
+    """
+
+    at_ns: int | None
     kind: str
     params: tuple[tuple[str, object], ...]
+    at_insns: int | None = None
+    thread: str | None = None
 
     def param(self, key: str, default=None):
         return dict(self.params).get(key, default)
@@ -211,6 +217,7 @@ class Scenario:
     until_ns: int | None = None
     max_insns: int | None = None
     expect: Expectations = Expectations()
+    text: str = attrs.field(default="", repr=False)  # the file as read (a trace header carries it)
 
 
 @attrs.frozen
@@ -252,11 +259,23 @@ def load_scenario(path) -> Scenario:
     path = Path(path)
     file = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{file}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ScenarioError(f"{file}: not UTF-8 text: {exc.reason}") from None
+    return load_scenario_text(text, path)
+
+
+def load_scenario_text(text: str, path) -> Scenario:
+    """Validate scenario text as if it were the file `path` (relative references resolve there).
+
+    This is how a trace replays: its header carries the scenario's text and path.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{file}: invalid TOML: {one_line(exc)}") from None
     top = TableReader(file, "", data, _TOP_KEYS)
@@ -288,7 +307,7 @@ def load_scenario(path) -> Scenario:
     _check_overlaps(file, programs, mappings)
     prog_by_name = {p.name: p.program for p in programs}
     threads = _load_threads(top, prog_by_name, path.parent)
-    injections = _load_injections(top, vcores)
+    injections = _load_injections(top, vcores, {t.name for t in threads})
     handlers = _load_handlers(top, path.parent)
     ras = _load_ras(top, prog_by_name)
 
@@ -303,7 +322,7 @@ def load_scenario(path) -> Scenario:
         path=path, description=description.strip(), vcores=vcores, seed=seed, costs=costs, scheduler=sched_name,
         sched_factory=factory, sched_params=sched_params, programs=tuple(programs), mappings=tuple(mappings),
         threads=tuple(threads), injections=tuple(injections), handlers=tuple(handlers), ras=tuple(ras),
-        until_ns=until_ns, max_insns=max_insns, expect=expect,
+        until_ns=until_ns, max_insns=max_insns, expect=expect, text=text,
     )  # fmt: skip
 
 
@@ -332,7 +351,10 @@ def _load_programs(top: TableReader, base_dir: Path) -> list[ProgramSpec]:
                 raise r.error("library", f"unknown library {lib!r} (expected one of {', '.join(LIBRARIES)})")
             module, func = LIBRARIES[lib].split(":")
             build_lib = getattr(importlib.import_module(module), func)
-            program = build_lib(r.int("base"), name) if r.has("base") else build_lib(name=name)
+            try:
+                program = build_lib(r.int("base"), name) if r.has("base") else build_lib(name=name)
+            except ValueError as exc:
+                raise r.error("base", one_line(exc)) from None
         elif given[0] == "elf":
             if r.has("base"):
                 raise r.error("base", "not allowed with elf (an ELF has fixed addresses)")
@@ -530,18 +552,35 @@ def _import_file(r: TableReader, key: str, path: Path):
 # -- injections ------------------------------------------------------------------------------------------
 
 
-def _load_injections(top: TableReader, vcores: int) -> list[Injection]:
+_INJECTION_KINDS = ("preempt", "syscall_latency", "tick_storm", "unmap", "protect", "map", "signal")
+
+
+def _load_injections(top: TableReader, vcores: int, threads: set[str]) -> list[Injection]:
     out = []
-    kinds = ("preempt", "syscall_latency", "tick_storm")
-    for r in top.tables("injections", ("at_ns", *kinds, "warning_ns", "duration_ns")):
-        at_ns = r.int("at_ns")
-        given = [k for k in kinds if r.has(k)]
+    keys = ("at_ns", "at_insns", "thread", *_INJECTION_KINDS, "warning_ns", "duration_ns")
+    for r in top.tables("injections", keys):
+        if r.has("at_ns") == r.has("at_insns"):
+            raise r.error("", "expected exactly one of at_ns, at_insns (with thread)")
+        at_ns = r.int("at_ns") if r.has("at_ns") else None
+        at_insns = r.int("at_insns", minimum=1) if r.has("at_insns") else None
+        thread = None
+        if at_insns is not None:
+            thread = r.get("thread", (str,))
+            if thread not in threads:
+                raise r.error("thread", f"unknown thread {thread!r} (threads: {', '.join(sorted(threads)) or 'none'})")
+        elif r.has("thread"):
+            raise r.error("thread", "only allowed with at_insns")
+        given = [k for k in _INJECTION_KINDS if r.has(k)]
         if len(given) != 1:
-            raise r.error("", f"expected exactly one of {', '.join(kinds)}; got {', '.join(given) or 'none'}")
-        if given[0] == "tick_storm":
+            raise r.error("", f"expected exactly one of {', '.join(_INJECTION_KINDS)}; got {', '.join(given) or 'none'}")
+        kind = given[0]
+        if kind != "preempt":
             for key in ("warning_ns", "duration_ns"):
                 if r.has(key):
                     raise r.error(key, "only allowed with preempt")
+        if kind == "tick_storm":
+            if at_ns is None:
+                raise r.error("at_insns", "a tick_storm starts at a time: use at_ns")
             sub = r.sub("tick_storm", ("min_insns", "max_insns", "until_ns", "vcores"))
             lo, hi = sub.int("min_insns", minimum=1), sub.int("max_insns", minimum=1)
             if hi < lo:
@@ -552,17 +591,14 @@ def _load_injections(top: TableReader, vcores: int) -> list[Injection]:
                 if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < vcores:
                     raise sub.error("vcores", f"expected vcore ids < {vcores}, got {describe(v)}")
             params["vcores"] = tuple(targets)
-        elif given[0] == "preempt":
+        elif kind == "preempt":
             vcore = r.int("preempt")
             if vcore >= vcores:
                 raise r.error("preempt", f"expected a vcore id < {vcores} (machine.vcores), got {vcore}")
             params = {"vcore": vcore, "warning_ns": r.int("warning_ns", 0)}
             if r.has("duration_ns"):
                 params["duration_ns"] = r.int("duration_ns")
-        else:
-            for key in ("warning_ns", "duration_ns"):
-                if r.has(key):
-                    raise r.error(key, "only allowed with preempt")
+        elif kind == "syscall_latency":
             sub = r.sub("syscall_latency", ("nr", "ns"))
             nr = sub.get("nr", (int, str))
             if isinstance(nr, str):
@@ -571,7 +607,29 @@ def _load_injections(top: TableReader, vcores: int) -> list[Injection]:
                     raise sub.error("nr", f"unknown syscall {nr!r} (known: {', '.join(numbers)})")
                 nr = numbers[nr]
             params = {"nr": nr, "ns": sub.int("ns")}
-        out.append(Injection(at_ns, given[0], tuple(params.items())))
+        elif kind in ("unmap", "protect", "map"):
+            allowed = {"unmap": ("start", "length"), "protect": ("start", "length", "prot"),
+                       "map": ("start", "length", "prot", "backed", "name")}[kind]  # fmt: skip
+            sub = r.sub(kind, allowed)
+            start, length = sub.int("start"), sub.int("length", minimum=1)
+            for key, value in (("start", start), ("length", length)):
+                if value % PAGE_SIZE:
+                    raise sub.error(key, f"expected a multiple of the page size ({PAGE_SIZE:#x}), got {value:#x}")
+            params = {"start": start, "length": length}
+            if kind != "unmap":
+                params["prot"] = int(_parse_prot(sub, sub.get("prot", (str,), "rw")))
+            if kind == "map":
+                params["backed"] = sub.get("backed", (bool,), True)
+                params["name"] = sub.get("name", (str,), "injected")
+        else:  # signal
+            sub = r.sub("signal", ("thread", "signo"))
+            target = sub.get("thread", (str,))
+            if target not in threads:
+                raise sub.error("thread", f"unknown thread {target!r} (threads: {', '.join(sorted(threads)) or 'none'})")
+            params = {"thread": target, "signo": sub.int("signo", minimum=1)}
+            if params["signo"] >= 64:
+                raise sub.error("signo", f"expected a signal number 1..63, got {params['signo']}")
+        out.append(Injection(at_ns, kind, tuple(params.items()), at_insns, thread))
     return out
 
 
@@ -615,17 +673,50 @@ def _load_ras(top: TableReader, programs: dict[str, Program]) -> list[RasSpec]:
 
 
 def _apply_injection(sim: Simulation, inj: Injection) -> None:
+    p = inj.param
     if inj.kind == "tick_storm":
-        sim.tick_storm(inj.at_ns, inj.param("until_ns"), inj.param("min_insns"), inj.param("max_insns"),
-                       list(inj.param("vcores")))  # fmt: skip
-    elif inj.kind == "preempt":
-        sim.preempt_at(inj.at_ns, inj.param("vcore"), inj.param("warning_ns", 0), inj.param("duration_ns"))
+        sim.tick_storm(inj.at_ns, p("until_ns"), p("min_insns"), p("max_insns"), list(p("vcores")))
+        return
+    if inj.kind == "preempt":
+        what, fn, args = f"preempt vcore {p('vcore')}", sim.kernel.preempt, (p("vcore"), p("warning_ns"),
+                                                                            p("duration_ns"))  # fmt: skip
     elif inj.kind == "syscall_latency":
-        nr, ns = inj.param("nr"), inj.param("ns")
-        name = SYSCALL_NAMES.get(nr, str(nr))
-        sim.at(inj.at_ns, f"syscall_latency {name} {ns} ns", sim.set_syscall_latency, nr, ns)
+        name = SYSCALL_NAMES.get(p("nr"), str(p("nr")))
+        what, fn, args = f"syscall_latency {name} {p('ns')} ns", sim.set_syscall_latency, (p("nr"), p("ns"))
+    elif inj.kind == "unmap":
+        what, fn, args = f"unmap [{p('start'):#x}, +{p('length'):#x})", _inject_unmap, (sim, p("start"), p("length"))
+    elif inj.kind == "protect":
+        what = f"protect [{p('start'):#x}, +{p('length'):#x}) {Prot(p('prot')).name or 'NONE'}"
+        fn, args = _inject_protect, (sim, p("start"), p("length"), Prot(p("prot")))
+    elif inj.kind == "map":
+        what = f"map [{p('start'):#x}, +{p('length'):#x})"
+        fn, args = _inject_map, (sim, p("start"), p("length"), Prot(p("prot")), p("name"), p("backed"))
+    elif inj.kind == "signal":
+        what, fn, args = f"signal {p('signo')} to {p('thread')}", sim.signal_thread, (p("thread"), p("signo"))
     else:  # pragma: no cover - _load_injections admits only the kinds above
         raise ScenarioError(f"{sim.trace.header.get('scenario')}: unknown injection kind {inj.kind!r}")
+    if inj.at_insns is not None:
+        sim.at_insns(inj.thread, inj.at_insns, what, fn, *args)
+    else:
+        sim.at(inj.at_ns, what, fn, *args)
+
+
+def _inject_unmap(sim: Simulation, start: int, length: int) -> None:
+    sim.mem.unmap(start, length)
+
+
+def _inject_protect(sim: Simulation, start: int, length: int, prot: Prot) -> None:
+    try:
+        sim.mem.protect(start, length, prot)
+    except MemError as exc:
+        sim.trace_event(None, "inject_failed", why=one_line(exc))
+
+
+def _inject_map(sim: Simulation, start: int, length: int, prot: Prot, name: str, backed: bool) -> None:
+    try:
+        sim.mem.map(start, length, prot, name, backed=backed)
+    except MemError as exc:
+        sim.trace_event(None, "inject_failed", why=one_line(exc))
 
 
 # -- building and running ---------------------------------------------------------------------------------
@@ -638,8 +729,12 @@ def build(scenario: Scenario) -> Simulation:
         ScenarioError: the 2LS rejects its params, or a program or mapping cannot be placed.
     """
     file = str(scenario.path)
-    header = {"seed": scenario.seed, "vcores": scenario.vcores, "scenario": scenario.path.name,
-              "sched": scenario.scheduler}  # fmt: skip
+    from akaros_sim import __version__
+
+    header = {
+        "version": __version__, "seed": scenario.seed, "vcores": scenario.vcores, "scenario": scenario.path.name,
+        "scenario_path": str(scenario.path.resolve()), "scenario_text": scenario.text, "sched": scenario.scheduler,
+    }  # fmt: skip
     sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs, trace=Trace(header))
     for i, spec in enumerate(scenario.programs):
         try:

@@ -38,6 +38,7 @@ from akaros_sim.kernel import (
 )
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
 from akaros_sim.sched_ops import SchedOps
+from akaros_sim.trace import TraceRecord
 from akaros_sim.uthread import JoinState, Uthread, UthFlag, UthreadEntry, UthreadKind, UthState
 from akaros_sim import vcore as vcore_mod
 
@@ -127,7 +128,7 @@ class Simulation:
         from akaros_sim.interpose import HandlerChain
 
         # the resume path: consulted (uth, ctx, why) before a uthread runs after an involuntary stop
-        self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, self._trace_chain, False)
+        self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, self._trace_chain, False, False)
         self.extable = None  # the ExtableHandler, once a program with an extable is loaded
         self.report: str | None = None
         self._started = False
@@ -135,6 +136,9 @@ class Simulation:
         self._next_stack = STACK_AREA
         self._tls_next = 0
         self._pending_threads: list[UthreadEntry] = []
+        self._max_insns: int | None = None
+        self._live = 0  # uthreads created and not yet exited
+        self._insn_triggers: dict[str, list] = {}  # uthread name -> [(insns, seq, what, fn, args)]
         self.mem.map(VDSO, PAGE_SIZE, Prot.READ | Prot.EXEC, "vdso", backing=self._vdso_bytes())
 
     # -- building ---------------------------------------------------------------------
@@ -240,30 +244,40 @@ class Simulation:
     # -- tick storms ------------------------------------------------------------------------------
 
     def tick_storm(self, start_ns: int, end_ns: int, min_insns: int, max_insns: int, vcores=None) -> None:
-        """Between start_ns and end_ns, tick each vcore every K instructions, K drawn (seeded) in [min, max].
+        """From start_ns to end_ns, tick each vcore after every K guest instructions it runs, K seeded in [min, max].
 
-        A tick interrupts the running uthread into vcore context (the 2LS sees
-        it with vcore_tick_poll), exactly like a vcore tick.
+        A tick interrupts the running uthread into vcore context exactly like a
+        vcore tick (the 2LS sees it with vcore_tick_poll).  Counting guest
+        instructions, not time, puts ticks at many points inside the code
+        however long the 2LS's own path is.
         """
         if not 1 <= min_insns <= max_insns:
             raise SimulationError(f"tick_storm: expected 1 <= min_insns <= max_insns, got {min_insns}, {max_insns}")
         targets = range(len(self.engine.vcores)) if vcores is None else vcores
         for vcoreid in targets:
             vc = self.engine.vcores[vcoreid]
-            self.engine.schedule(start_ns, "tick_storm", self._storm_tick, vc, end_ns, min_insns, max_insns)
+            self.engine.schedule(start_ns, "tick_storm", self._storm_start, vc, end_ns, min_insns, max_insns)
 
-    def _storm_tick(self, vc, end_ns: int, lo: int, hi: int) -> None:
-        if vc.online:
+    def _storm_start(self, vc, end_ns: int, lo: int, hi: int) -> None:
+        vc.storm = (end_ns, lo, hi)
+        vc.storm_left = self.rng.randint(lo, hi)
+        self.trace_event(vc, "tick_storm", until=end_ns, min_insns=lo, max_insns=hi)
+
+    def _storm_account(self, vc, insns: int) -> None:
+        """Count guest instructions run on vc against its storm; tick when K have run."""
+        end_ns, lo, hi = vc.storm
+        if vc.clock >= end_ns:
+            vc.storm = None
+            return
+        vc.storm_left -= insns
+        if vc.storm_left <= 0:
             vc.tick_expired += 1
             vc.notif_pending = True
             self.trace_event(vc, "tick", expired=vc.tick_expired, storm=True)
-        k = self.rng.randint(lo, hi)
-        nxt = self.engine.now + k * max(self.costs.insn_ns, 1)
-        if nxt < end_ns:
-            self.engine.schedule(nxt, "tick_storm", self._storm_tick, vc, end_ns, lo, hi)
+            vc.storm_left = self.rng.randint(lo, hi)
 
-    def _trace_chain(self, kind: str, **details) -> None:
-        self.trace_event(None, kind, **details)
+    def _trace_chain(self, kind: str, subject=None, **details) -> None:
+        self.trace_event(None, kind, uth=subject if isinstance(subject, Uthread) else None, **details)
 
     def spawn(self, entry: UthreadEntry) -> None:
         """Create this uthread (through sched_ops.thread_create) when the run starts."""
@@ -296,6 +310,41 @@ class Simulation:
             raise SimulationError(f"preempt_at: no vcore {vcore} (the machine has {len(self.engine.vcores)})")
         self.at(time_ns, f"preempt vcore {vcore}", self.kernel.preempt, vcore, warning_ns, duration_ns)
 
+    def at_insns(self, thread: str, insns: int, what: str, fn, *args) -> None:
+        """Run fn(*args) in kernel context when uthread `thread` has retired `insns` guest instructions.
+
+        The uthread stops exactly there (its slice is cut to fit), the
+        injection runs, and only then does it go on.
+        """
+        if not isinstance(insns, int) or insns < 1:
+            raise SimulationError(f"Simulation.at_insns: expected an instruction count >= 1, got {insns!r}")
+        self._insn_triggers.setdefault(thread, []).append((insns, len(self._insn_triggers.get(thread, ())), what,
+                                                          fn, args))  # fmt: skip
+        self._insn_triggers[thread].sort(key=lambda t: (t[0], t[1]))
+
+    def _fire_insn_triggers(self, uth: Uthread) -> None:
+        triggers = self._insn_triggers.get(uth.name)
+        fired = False
+        while triggers and uth.insns >= triggers[0][0]:
+            n, _, what, fn, args = triggers.pop(0)
+
+            def inject(what=what, fn=fn, args=args, n=n):
+                self.trace_event(None, "inject", what=what, at_insns=n, thread=uth.name)
+                fn(*args)
+
+            self.engine.schedule(uth.vcore.clock, "inject", inject)
+            fired = True
+        if fired:
+            self.engine.yield_to_engine()  # the engine runs the injection before uth goes on
+
+    def signal_thread(self, thread: str, signo: int) -> None:
+        """Send signo to a uthread (pthread_kill): its guest handler runs the next time it runs guest code."""
+        uth = self.uthread(thread)
+        if not 1 <= signo < 64:
+            raise SimulationError(f"signal_thread: expected a signal number in 1..63, got {signo}")
+        uth.sig_pending = (signo, 0, 0)  # SI_USER
+        self.trace_event(None, "signal_sent", target=uth.name, signo=signo)
+
     def set_syscall_latency(self, nr: int, ns: int) -> None:
         """Blocking syscall `nr` completes after ns (instead of the Costs default)."""
         self.kernel.latency_override[nr] = ns
@@ -313,10 +362,23 @@ class Simulation:
         return vc.clock if vc is not None else self.engine.now
 
     def trace_event(self, vc, kind: str, /, uth=None, **details) -> None:
+        """Record one transition.  Runtime details are plain values by construction, so they are
+        appended without the checks `Trace.emit` makes for records from user code."""
         if vc is None:
             vc = self.engine.current
         if uth is None and vc is not None:
             uth = vc.current_uthread
+        cur = self.engine.current  # the time is the acting code's: a vcore's clock, or the kernel's
+        t = cur.clock if cur is not None else self.engine.now
+        self.trace.records.append(
+            TraceRecord(t, vc.id if vc is not None else -1, uth.name if uth is not None else "", kind,
+                        tuple(details.items()))
+        )  # fmt: skip
+
+    def user_trace_event(self, kind: str, **details) -> None:
+        """A record from user code (a 2LS, a handler, a test): its values are checked."""
+        vc = self.engine.current
+        uth = vc.current_uthread if vc is not None else None
         self.trace.emit(self.now(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind, **details)
 
     def engine_error(self, message: str) -> EngineError:
@@ -333,7 +395,8 @@ class Simulation:
         if op is None:
             raise SimulationError(f"sched_ops {self.ops.name!r}: op {name} is missing")
         self.engine.charge(self.costs.sched_op_ns)
-        self.trace_event(None, "op", op=name, args=tuple(_describe_arg(a) for a in args))
+        subject = args[0] if args and isinstance(args[0], Uthread) else None
+        self.trace_event(None, "op", uth=subject, op=name, args=tuple(_describe_arg(a) for a in args))
         try:
             return op(*args)
         except Exception as exc:
@@ -395,7 +458,7 @@ class Simulation:
         while True:
             if kernel.state is ProcState.DYING:
                 return RunEnd.PROCESS_EXITED
-            if self.uthreads and all(u.has_exited for u in self.uthreads):
+            if self.uthreads and self._live == 0:
                 return RunEnd.ALL_EXITED
             if self._max_insns is not None and self.cpu.retired >= self._max_insns:
                 return RunEnd.INSN_BUDGET
@@ -456,10 +519,12 @@ class Simulation:
         except StopSimulation:
             self.engine.gl.switch()
 
-    def arm_tick(self, vc) -> None:
+    def arm_tick(self, vc, base: int | None = None) -> None:
+        """Schedule vc's next tick one period after base (default: its clock)."""
         if vc.tick_event is not None:
             vc.tick_event.cancelled = True
-        vc.tick_event = self.engine.schedule(vc.clock + vc.tick_period, "tick", self._tick, vc)
+        start = vc.clock if base is None else base
+        vc.tick_event = self.engine.schedule(start + vc.tick_period, "tick", self._tick, vc)
 
     def _tick(self, vc) -> None:
         vc.tick_event = None
@@ -468,13 +533,14 @@ class Simulation:
         vc.tick_expired += 1
         vc.notif_pending = True
         self.trace_event(vc, "tick", expired=vc.tick_expired)
-        self.arm_tick(vc)
+        self.arm_tick(vc, base=self.engine.now)  # periodic in time, no drift
 
     # -- uthreads -----------------------------------------------------------------------------
 
     def register_uthread(self, uth: Uthread) -> None:
         uth.id = len(self.uthreads)
         self.uthreads.append(uth)
+        self._live += 1
         if uth.kind is UthreadKind.GUEST:
             self._setup_guest_stack(uth)
             uth.ctx = UserContext(rip=uth.entry.entry, rsp=uth.stack_hi - 8)
@@ -536,7 +602,7 @@ class Simulation:
     def preempt_point(self, uth: Uthread) -> None:
         """In uthread context: let other vcores run, then take a pending notification."""
         engine = self.engine
-        if engine.over_horizon():
+        if engine.over_horizon() or (self._max_insns is not None and self.cpu.retired >= self._max_insns):
             engine.yield_to_engine()
         self.die_if_exited()
         vc = uth.vcore
@@ -557,8 +623,20 @@ class Simulation:
             limit = min(engine.horizon + costs.vcore_quantum_ns, engine.event_horizon)
             room = (limit - vc.clock) // costs.insn_ns + 1 if costs.insn_ns else costs.slice_insns
             budget = max(1, min(costs.slice_insns, room))
+            if self._max_insns is not None:
+                budget = max(1, min(budget, self._max_insns - cpu.retired))
+            if vc.storm is not None:
+                budget = max(1, min(budget, vc.storm_left))
+            triggers = self._insn_triggers.get(uth.name)
+            if triggers:
+                budget = max(1, min(budget, triggers[0][0] - uth.insns))
             stop = cpu.run(ctx, budget)
             engine.charge(stop.insns * costs.insn_ns, uthread_time=True)
+            uth.insns += stop.insns
+            if vc.storm is not None:
+                self._storm_account(vc, stop.insns)
+            if triggers:
+                self._fire_insn_triggers(uth)
             if isinstance(stop, BudgetSpent):
                 self.preempt_point(uth)
                 continue

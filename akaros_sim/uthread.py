@@ -142,6 +142,7 @@ class Uthread:
         self.vcore = None  # the vcore it last ran on
         self.exit_value: Any = None
         self.has_exited = False  # its function returned or it called uthread_exit
+        self.insns = 0  # guest instructions it has retired
 
     # -- state machines ------------------------------------------------------------
 

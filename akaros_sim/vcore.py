@@ -27,7 +27,12 @@ def vcore_entry(sim, vc, reason: str, action) -> None:
     sim.engine.charge(sim.costs.vcore_entry_ns)
     sim.trace_event(vc, "vcore_entry", why=reason, cur=vc.current_uthread.name if vc.current_uthread else None)
     if action is not None:
+        # The yield callback runs before any other vcore can: a uthread's
+        # decision to block and its callback's enqueue are atomic, as with the
+        # spinlock Akaros holds across uthread_yield (a lock checked in uthread
+        # context, its waiter enqueued here).
         action(vc)
+    sim.engine.maybe_yield()
     while True:
         try:
             handle_events(sim, vc)

@@ -469,3 +469,11 @@ def test_label_address_is_base_plus_preceding_sizes(items, base):
     p = assemble("\n".join(lines), base=base)
     assert dict(p.symbols) == expected
     assert sum(len(s.data) for s in p.segments) == offset
+
+
+def test_label_plus_named_constant_in_a_memory_operand_is_rejected():
+    """[rip + label + CONST] would lose the label or the constant in keystone: an AsmError naming both."""
+    src = ".text\nOFF = 8\ninc qword ptr [rip + stats + OFF]\nret\n.data\nstats: .zero 16\n"
+    with pytest.raises(AsmError, match=r"asm:3: memory operand \[rip \+ stats \+ OFF\] mixes a label \(stats\) "
+                                       r"with a named constant \(OFF\)"):  # fmt: skip
+        assemble(src, 0x400000)

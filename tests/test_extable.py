@@ -304,8 +304,8 @@ def test_guest_faults_at_each_entry_type_are_fixed_and_the_2ls_never_sees_them()
         return ("fault", "g", details)
 
     def handler(*changed) -> tuple:
-        return ("handler", "", (("op", "thread_refl_fault"), ("handler", "extable"), ("status", "FAULT_FIXED"),
-                                ("changed", changed)))  # fmt: skip
+        return ("handler", "g", (("op", "thread_refl_fault"), ("handler", "extable"), ("status", "FAULT_FIXED"),
+                                 ("changed", changed)))  # fmt: skip
 
     def fixup(insn: int, to: int, kind: str) -> tuple:
         return ("extable_fixup", "g", (("insn", insn), ("fixup", to), ("type", kind), ("trap", 14)))

@@ -245,8 +245,8 @@ def test_join_of_an_exited_thread_returns_at_once_and_reaps_it_then():
         ("uthread_exit", "c", "c"),  # JOINABLE: no thread_exited here
         ("op", "sched_entry", ""),
         ("run", "main", "main"),
-        ("op", "thread_exited", "main"),  # called by the joiner, in its own context
-        ("uthread_cleanup", "c", "main"),
+        ("op", "thread_exited", "c"),  # called by the joiner (an op record names its subject uthread) ...
+        ("uthread_cleanup", "c", "main"),  # ... in its own context
         ("vcore_entry", "main", "main"),  # main's own exit
         ("uthread_exit", "main", "main"),
         ("op", "sched_entry", ""),

@@ -12,6 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from akaros_sim import __version__
 from akaros_sim.cli import main
 from akaros_sim.scenario import BUILTIN_SCHEDULERS, ScenarioError, build, load_scenario, run_scenario
 
@@ -225,8 +226,10 @@ def test_cli_run_with_a_failing_expectation_exits_1_and_writes_the_trace(tmp_pat
     assert "  FAIL retvals.w0: expected 99, got 100" in out
     assert out.splitlines()[-1] == "result: FAIL: 1 of 2 expectations hold"
     header = json.loads(trace.read_text(encoding="utf-8").splitlines()[0])
-    assert header == {"format": "akaros-sim-trace/1", "scenario": "s.toml", "sched": "pthread", "seed": 0,
-                      "vcores": 1}  # fmt: skip
+    # the scenario's path and text ride along, so the trace replays on its own
+    assert header == {"format": "akaros-sim-trace/1", "version": __version__, "scenario": "s.toml",
+                      "scenario_path": str(path.resolve()), "scenario_text": path.read_text(encoding="utf-8"),
+                      "sched": "pthread", "seed": 0, "vcores": 1}  # fmt: skip
 
 
 def test_cli_run_quiet_prints_only_failures_and_the_verdict(tmp_path, capsys):

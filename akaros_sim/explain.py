@@ -1,0 +1,144 @@
+"""Narrate a trace in plain sentences, for teaching: what happened, where, and why.
+
+Each record becomes one line: virtual time, vcore, uthread, then a sentence.
+sched_ops calls name the op and its arguments; fault records show the trap
+and the faulting instruction disassembled; handler records in a chain show
+the handler, its status and the registers it changed (before -> after).
+"""
+
+from __future__ import annotations
+
+from akaros_sim.context import TrapNr
+from akaros_sim.kernel import EV_ALARM, EV_PREEMPT_PENDING, EV_SYSCALL, EV_USER_IPI, EV_VCORE_PREEMPT
+from akaros_sim.trace import Trace, TraceRecord
+
+_EVENTS = {
+    EV_PREEMPT_PENDING: "EV_PREEMPT_PENDING (a preemption warning)",
+    EV_VCORE_PREEMPT: "EV_VCORE_PREEMPT (a vcore was preempted)",
+    EV_USER_IPI: "EV_USER_IPI",
+    EV_ALARM: "EV_ALARM",
+    EV_SYSCALL: "EV_SYSCALL (a syscall completed)",
+}
+_STATUS = {
+    "CONTINUE_NEXT_HANDLER": "declined (CONTINUE_NEXT_HANDLER): the next handler is asked",
+    "FAULT_FIXED": "fixed it (FAULT_FIXED): the uthread resumes at once and the 2LS never sees the fault",
+    "FAIL": "failed (FAIL): the process will end",
+}
+
+
+def _trap(nr) -> str:
+    try:
+        return f"#{TrapNr(nr).name} (trap {nr})"
+    except ValueError:
+        return f"trap {nr}"
+
+
+def _hex(v) -> str:
+    return f"{v:#x}" if isinstance(v, int) else str(v)
+
+
+def sentence(rec: TraceRecord) -> str:
+    """One plain sentence for a record (falls back to its kind and details)."""
+    g = rec.get
+    k = rec.kind
+    if k == "sched_init":
+        return f"the process starts; the 2LS {g('sched')!r} initialises (sched_ops.sched_init)"
+    if k == "op":
+        args = ", ".join(str(a) for a in (g("args") or ()))
+        return f"sched_ops.{g('op')}({args}) is called"
+    if k == "vcore_online":
+        return f"the kernel starts this vcore ({g('how')}); the process wants {g('amt_wanted')} vcore(s)"
+    if k == "vcore_offline":
+        how = "yields nicely to a preemption warning" if g("nice") else "has nothing to run and yields"
+        return f"the vcore {how}; it goes offline (the process now wants {g('amt_wanted')})"
+    if k == "vcore_entry":
+        cur = g("cur")
+        tail = f", interrupted from {cur}" if cur and g("why") in ("notify", "fault") else ""
+        return f"vcore context starts fresh at vcore_entry (because: {g('why')}{tail})"
+    if k == "run":
+        return {
+            "run_uthread": f"run_uthread: {rec.uth} starts running",
+            "run_current_uthread": f"run_current_uthread: {rec.uth} resumes where it was interrupted",
+            "fault_fixed": f"{rec.uth} resumes at once after its fault was fixed",
+        }.get(g("how"), f"{rec.uth} runs ({g('how')})")
+    if k == "uthread_create":
+        return f"uthread {rec.uth} is created ({g('type')} code, id {g('id')})"
+    if k == "uthread_exit":
+        return f"uthread {g('target')} exits with {g('retval')!r} (join state {g('join')})"
+    if k == "uthread_cleanup":
+        return f"the 2LS frees uthread {g('target')}"
+    if k == "syscall":
+        args = ", ".join(_hex(a) for a in (g("args") or ()))
+        return f"syscall #{g('sysc')} {g('name')}({args})"
+    if k == "syscall_done":
+        return f"the kernel completes syscall #{g('sysc')} {g('name')} -> {_hex(g('ret'))}"
+    if k == "event_post":
+        return f"the kernel posts {_EVENTS.get(g('ev_type'), g('ev_type'))} to this vcore's mailbox"
+    if k == "event":
+        return f"handle_events: {_EVENTS.get(g('ev_type'), g('ev_type'))}"
+    if k == "console":
+        return f"console: {g('text')!r}"
+    if k == "fault":
+        return (f"{rec.uth} faults: {_trap(g('trap'))} err={_hex(g('err'))} addr={_hex(g('aux'))} "
+                f"at {g('insn')}; the kernel reflects it to vcore context")  # fmt: skip
+    if k == "handler":
+        changed = "; ".join(f"{r} {_hex(a)} -> {_hex(b)}" for r, a, b in (g("changed") or ()))
+        text = f"handler {g('handler')!r} on {g('op')} {_STATUS.get(g('status'), g('status'))}"
+        return text + (f"; it changed {changed}" if changed else "")
+    if k == "chain_previous":
+        return f"no handler took it: the chain calls the 2LS's own {g('op')}"
+    if k == "extable_fixup":
+        return (f"the exception table has the faulting instruction {_hex(g('insn'))}: "
+                f"{g('type')} fixup, continue at {_hex(g('fixup'))}")  # fmt: skip
+    if k == "fault_fixed":
+        return f"the fault is fixed; {rec.uth} will resume at {_hex(g('rip'))}"
+    if k == "signal_prep":
+        return f"the 2LS turns the fault into signal {g('signo')} (code {g('code')}, addr {_hex(g('addr'))}) for {g('target')}"
+    if k == "signal":
+        return f"{rec.uth} runs its signal handler at {_hex(g('handler'))} for signal {g('signo')} (frame at {_hex(g('frame'))})"
+    if k == "sigreturn":
+        return f"the handler returns; {rec.uth} continues from its saved context at {_hex(g('rip'))}"
+    if k == "sigaction":
+        return f"signal {g('signo')} handler set to {_hex(g('handler'))}"
+    if k == "preempt":
+        what = "in vcore context" if g("in_vcore_ctx") else f"running {g('uthread')}"
+        return f"the kernel preempts this vcore ({what}); it is away until t={g('until')}"
+    if k == "preempt_warn":
+        return f"the kernel warns this vcore: preemption at t={g('deadline')} unless it yields"
+    if k == "preempt_recover":
+        stolen = g("stolen")
+        tail = f"steals its uthread {stolen}" if stolen else "finds no uthread to steal"
+        return f"handle_vc_preempt for vcore {g('victim')}: this vcore {tail}"
+    if k == "uthread_pause":
+        return f"{g('target')} is paused (copied out) and handed to the 2LS ({g('why')})"
+    if k == "notify":
+        return f"a notification interrupts {rec.uth} into vcore context"
+    if k == "tick":
+        return "a tick fires on this vcore"
+    if k == "ras_restart":
+        return (f"{rec.uth} was stopped inside the RAS at {_hex(g('seq'))} ({g('why')}): "
+                f"rip {_hex(g('old_rip'))} -> {_hex(g('new_rip'))}")  # fmt: skip
+    if k == "mutex_block":
+        return f"{rec.uth} blocks on mutex {g('mutex')!r}"
+    if k == "mutex_handoff":
+        return f"mutex {g('mutex')!r} is handed straight to {g('to')}"
+    if k == "inject":
+        return f"injection: {g('what')}"
+    if k == "process_exit":
+        return f"the process exits with status {g('status')} ({g('why')})"
+    if k == "run_end":
+        return f"the run ends: {g('end')} after {g('insns')} guest instructions"
+    details = ", ".join(f"{key}={value!r}" for key, value in rec.details)
+    return f"{k}" + (f": {details}" if details else "")
+
+
+def narrate(trace: Trace, brief: bool = False) -> list[str]:
+    """The story of a trace, one line per record (with brief, sched_ops calls are left out)."""
+    lines = []
+    for rec in trace.records:
+        if brief and rec.kind == "op":
+            continue
+        where = f"vcore {rec.vc}" if rec.vc >= 0 else "kernel "
+        who = f"[{rec.uth}]" if rec.uth else ""
+        lines.append(f"{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}")
+    return lines
