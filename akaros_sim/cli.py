@@ -156,6 +156,13 @@ def format_summary(run, quiet: bool = False) -> str:
     kinds = (("faults", "fault"), ("syscalls", "syscall"), ("signals", "signal"), ("context switches", "run"),
              ("preemptions", "preempt"))  # fmt: skip
     out.append("events: " + ", ".join(f"{label} {counts.get(kind, 0)}" for label, kind in kinds))
+    if result.extable_sites:
+        out.append("extable sites fired:")
+        symbols = _symbol_names(run.sim)
+        for insn, hits in result.extable_sites:
+            out.append(f"  {insn:#x} {symbols.get(insn, ''):<28} {hits} time(s)")
+    if result.ras_restarts:
+        out.append("RAS restarts: " + ", ".join(f"{start:#x} x{n}" for start, n in result.ras_restarts))
     console = "".join(run.sim.kernel.console)
     out.append("console:" if console else "console: (empty)")
     out += [f"  | {line}" for line in console.splitlines()]
@@ -164,6 +171,15 @@ def format_summary(run, quiet: bool = False) -> str:
         out += [f"  | {line}" for line in result.report.splitlines()]
     out.append(verdict)
     return "\n".join(out)
+
+
+def _symbol_names(sim) -> dict[int, str]:
+    """address -> "program:symbol" for every loaded program (the first name at an address)."""
+    names: dict[int, str] = {}
+    for prog in sim.programs.values():
+        for sym, addr in sorted(prog.symbols.items()):
+            names.setdefault(addr, f"{prog.name}:{sym}")
+    return names
 
 
 def _check_line(check) -> str:

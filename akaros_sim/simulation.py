@@ -94,6 +94,8 @@ class RunResult:
     vcores: tuple[VcoreStats, ...]
     counts: dict
     report: str | None = None
+    extable_sites: tuple[tuple[int, int], ...] = ()  # (instruction, times fixed) for each site that fired
+    ras_restarts: tuple[tuple[int, int], ...] = ()  # (sequence start, restarts)
 
 
 class SimulationError(RuntimeError):
@@ -432,7 +434,11 @@ class Simulation:
         time_ns = max([vc.clock for vc in engine.vcores] + [engine.now])
         engine.now = time_ns
         self.trace_event(None, "run_end", end=end.name, status=self.kernel.exit_status, insns=self.cpu.retired)
-        return RunResult(end, self.kernel.exit_status, time_ns, self.cpu.retired, vcs, self.trace.counts(), self.report)
+        return RunResult(
+            end, self.kernel.exit_status, time_ns, self.cpu.retired, vcs, self.trace.counts(), self.report,
+            tuple(self.extable.sites()) if self.extable else (),
+            tuple(sorted(self.ras.restarts.items())) if self.ras else (),
+        )  # fmt: skip
 
     def _in_greenlet(self, fn) -> None:
         """Run fn in a SimGreenlet so parlib can find this simulation (the SCP phase)."""

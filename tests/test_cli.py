@@ -73,3 +73,19 @@ def test_cli_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "akaros_sim.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "machine" in proc.stdout
+
+
+def test_run_reports_extable_sites_and_their_hits(capsys):
+    """`run` lists every extable site that fired with its count; they add up to the fixups in the trace."""
+    from akaros_sim.scenario import run_scenario
+
+    run = run_scenario(ROOT / "scenarios" / "extable_copy_user.toml")
+    sites = run.result.extable_sites
+    assert sites and sum(hits for _, hits in sites) == run.result.counts["extable_fixup"]
+    assert [addr for addr, _ in sites] == sorted(addr for addr, _ in sites)
+    rc = main(["run", str(ROOT / "scenarios" / "extable_copy_user.toml")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "extable sites fired:" in out
+    for addr, hits in sites:
+        assert f"  {addr:#x} " in out and f"{hits} time(s)" in out
