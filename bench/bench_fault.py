@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import ctypes
 import pstats
 import random
 import statistics
@@ -32,9 +31,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unicorn import UcError  # noqa: E402
-from unicorn import x86_const as x86  # noqa: E402
-from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 
 from akaros_sim.asm import assemble  # noqa: E402
 from akaros_sim.extable import ExceptionTable  # noqa: E402
@@ -44,8 +40,6 @@ from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from akaros_sim.uaccess import uaccess_program  # noqa: E402
 from schedops.pthread import PthreadSched  # noqa: E402
 
-# The raw side: the same machine and fault bench/bench_cpu.py times.
-RAW_CODE, RAW_SLICE, RAW_BAD = 0x400000, 10_000, 0x500000
 
 UNMAPPED = 0x5000_0000
 GOOD = 0x1000_0000
@@ -102,21 +96,9 @@ def runtime_fault_loop(n: int, user: int, profile: cProfile.Profile | None = Non
 
 def raw_fault_us(n: int) -> float:
     """bench_cpu.py's raw fault round trip: emu_start -> unmapped read -> UcError -> read rip."""
-    from bench_cpu import FAULT, asm, raw_machine
+    from bench_cpu import raw_fault_us as raw
 
-    uc = raw_machine(virtual_tlb=False)
-    uc.mem_write(RAW_CODE, asm(FAULT, RAW_CODE))
-    uc.reg_write(x86.UC_X86_REG_RAX, RAW_BAD)
-    rip = ctypes.c_uint64()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        try:
-            uc.emu_start(RAW_CODE, 0, count=RAW_SLICE)
-        except UcError:
-            pass
-        uclib.uc_reg_read(uc._uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    assert rip.value == RAW_CODE
-    return (time.perf_counter() - t0) / n * 1e6
+    return raw(n)
 
 
 def lookup_tables(sizes: tuple[int, ...]) -> dict[int, tuple[ExceptionTable, list[int], list[int]]]:
