@@ -32,19 +32,27 @@ FPE_INTDIV = 1
 SEGV_MAPERR, SEGV_ACCERR = 1, 2
 
 
+# Flags as plain ints on the hot path (IntFlag arithmetic costs microseconds).
+_SAVED = int(UthFlag.SAVED)
+_DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
+_EXITED = UthState.EXITED
+
+
 class ParlibError(RuntimeError):
     """A parlib function called from the wrong context, or with a bad argument."""
 
 
 def _sim(fn: str):
-    sim = getattr(getcurrent(), "sim", None)
-    if sim is None:
-        raise ParlibError(f"{fn}: not called from inside a running Simulation")
+    cur = getcurrent()
+    try:
+        sim = cur.sim
+    except AttributeError:
+        raise ParlibError(f"{fn}: not called from inside a running Simulation") from None
     if sim.finished:
         # the run is over and this uthread is being unwound: do nothing more
         raise GreenletExit()
-    uth = getattr(getcurrent(), "uth", None)
-    if uth is not None and uth.state is UthState.EXITED:
+    uth = cur.uth
+    if uth is not None and uth._state is _EXITED:
         raise GreenletExit()  # an exited uthread being unwound (its finally blocks must not act)
     return sim
 
@@ -177,7 +185,7 @@ def run_current_uthread() -> None:
         raise ParlibError(f"run_current_uthread: vcore {vc.id} has no current_uthread")
     if uth.ctx.fault_pending:
         vc.current_uthread = None
-        uth.flags |= UthFlag.SAVED
+        uth.flags |= _SAVED
         uth.set_state(UthState.NOT_RUNNING)
         _handle_refl_fault(sim, vc, uth)
     vc.current_uthread = None
@@ -208,7 +216,7 @@ def _pop(sim, vc, uth: Uthread, how: str, resume: bool = False) -> None:
         uth.set_state(UthState.RUNNING)
     vc.current_uthread = uth
     uth.vcore = vc
-    uth.flags &= ~UthFlag.SAVED
+    uth.flags &= ~_SAVED
     sim.engine.charge(sim.costs.context_switch_ns)
     sim.trace_event(vc, "run", uth=uth, how=how)
     if uth.interrupted is not None:
@@ -231,7 +239,7 @@ def stop_current_uthread() -> Uthread:
     if uth is None:
         raise ParlibError(f"stop_current_uthread: vcore {vc.id} has no current_uthread")
     vc.current_uthread = None
-    uth.flags |= UthFlag.SAVED
+    uth.flags |= _SAVED
     uth.set_state(UthState.NOT_RUNNING)
     sim.trace_event(vc, "uthread_stop", target=uth.name)
     return uth
@@ -356,13 +364,13 @@ def uthread_yield(save_state: bool, yield_func, arg=None) -> None:
     Returns when uth runs again (possibly on another vcore).
     """
     sim, vc, uth = _uthread_ctx("uthread_yield")
-    uth.flags |= UthFlag.DONT_MIGRATE
+    uth.flags |= _DONT_MIGRATE
     if save_state:
-        uth.flags |= UthFlag.SAVED
+        uth.flags |= _SAVED
     sim.engine.charge(sim.costs.python_step_ns)
 
     def action(vc):
-        uth.flags &= ~UthFlag.DONT_MIGRATE
+        uth.flags &= ~_DONT_MIGRATE
         uth.set_state(UthState.NOT_RUNNING)
         uth.notif_disabled_depth = 0
         yield_func(uth, arg)

@@ -398,7 +398,7 @@ class Simulation:
             raise SimulationError(f"sched_ops {self.ops.name!r}: op {name} is missing")
         self.engine.charge(self.costs.sched_op_ns)
         subject = args[0] if args and isinstance(args[0], Uthread) else None
-        self.trace_event(None, "op", uth=subject, op=name, args=tuple(_describe_arg(a) for a in args))
+        self.trace_event(None, "op", uth=subject, op=name, args=tuple(map(_describe_arg, args)))
         try:
             return op(*args)
         except Exception as exc:

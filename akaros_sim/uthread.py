@@ -120,7 +120,7 @@ class Uthread:
         self.id = -1  # assigned by uthread_init, in creation order
         # parlib (uthread.c)
         self._state = UthState.NOT_RUNNING
-        self.flags = UthFlag.SAVED
+        self.flags = int(UthFlag.SAVED)  # UthFlag bits, kept as a plain int (cheap arithmetic)
         self.sysc = None  # the syscall it is blocked on, if any
         self.join_state = JoinState.DETACHED if entry.detached else JoinState.JOINABLE
         self.retval: Any = None

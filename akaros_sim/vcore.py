@@ -72,7 +72,7 @@ def handle_events(sim, vc) -> int:
 
 def uthread_pause(sim, vc, uth, reason: str) -> None:
     """__uthread_pause: copy the uthread out (SAVED, NOT_RUNNING) and give it to thread_paused."""
-    uth.flags |= UthFlag.SAVED
+    uth.flags |= int(UthFlag.SAVED)
     uth.set_state(UthState.NOT_RUNNING)
     sim.trace_event(vc, "uthread_pause", target=uth.name, why=reason)
     sim.call_op("thread_paused", uth)
