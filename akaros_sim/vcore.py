@@ -1,8 +1,9 @@
 """Vcore context: vcore_entry, event handling, preemption checks and recovery, vcore_yield.
 
 Vcore context is Akaros's interrupt-like context: notifications disabled,
-never blocks, always starts from the top.  Here it is a fresh greenlet each
-time (engine.py); `vcore_entry` is its whole program:
+never blocks, always starts from the top.  Here each vcore has one
+vcore-context greenlet that begins a fresh pass at `vcore_entry` every time it
+is switched to (engine.py); `vcore_entry` is the program of a pass:
 
 1. run the pending action, if any (the yield callback of uthread_yield);
 2. handle_events: clear notif_pending, drain the mailbox, run the handlers;
