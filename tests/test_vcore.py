@@ -303,3 +303,27 @@ def test_vcore_tick_enabled_in_sched_init_ticks_on_vcore_0():
     sim = spin_sim(_TickFromInit(), 1, spin=(2000, 1))
     assert sim.run().end is RunEnd.ALL_EXITED
     assert [r.vc for r in sim.trace.of_kind("tick")] == [0, 0, 0, 0]
+
+
+def test_vcore_preempted_in_vcore_context_with_a_uthread_is_restarted_and_the_uthread_finishes():
+    """A vcore preempted inside vcore context keeps its uthread; the kernel restarts it when its pcore returns."""
+    from akaros_sim.asm import assemble
+    from akaros_sim.simulation import RunEnd, Simulation
+    from schedops.pthread import PthreadSched
+
+    prog = assemble("spin:\n mov rcx, rdi\nagain:\n dec rcx\n jnz again\n mov rax, rdi\n ret\n", name="p")
+    sim = Simulation(3)
+    sim.load(prog)
+    sim.set_sched(PthreadSched())
+    for name, n in (("y", 1000), ("z", 9000), ("w", 9000)):
+        sim.spawn_guest(name, prog.symbol("spin"), n)
+    sim.tick_storm(0, 1 << 40, 400, 400)  # ticks keep vcore 2 entering vcore context
+    sim.preempt_at(5052, 2, duration_ns=1000)  # lands while vcore 2 is in vcore context holding w
+    res = sim.run(until_ns=10_000_000)
+    assert res.end is RunEnd.ALL_EXITED
+    assert [(u.name, u.exit_value) for u in sim.uthreads] == [("y", 1000), ("z", 9000), ("w", 9000)]
+    story = [(r.t, r.kind, r.get("in_vcore_ctx"), r.get("how")) for r in sim.trace.records
+             if r.vc == 2 and r.kind in ("preempt", "vcore_online")]  # fmt: skip
+    # back at until (6052) + the grant latency (2000), resumed in place
+    assert story == [(2250, "vcore_online", None, "start"), (5052, "preempt", True, None),
+                     (8052, "vcore_online", None, "resume_vcore_ctx")]  # fmt: skip
