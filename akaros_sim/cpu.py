@@ -249,7 +249,6 @@ class Cpu:
         # raw-ctypes register batch (the Python batch API costs ~58 us)
         self._reg_ids = (ctypes.c_int * _NREGS)(*(_UC_REGS[n] for n in REG_NAMES))
         self._uc_ctx = uc.context_save()
-        self._ctx_buf = self._uc_ctx.context.value if hasattr(self._uc_ctx.context, "value") else None
 
         uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)

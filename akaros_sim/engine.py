@@ -254,10 +254,11 @@ class Engine:
         if self.over_horizon():
             self.yield_to_engine()
 
-    def compute_horizon(self, vc: Vcore) -> int:
+    def compute_horizon(self, vc: Vcore, next_event: int | None | bool = False) -> int:
         """The time `vc` may run to before the engine must look elsewhere: the next kernel
-        event, the clock of the furthest-behind online peer, or the time budget."""
-        horizon = self.next_event_time()
+        event, the clock of the furthest-behind online peer, or the time budget.
+        (A caller that has just looked at the heap passes what it found as next_event.)"""
+        horizon = self.next_event_time() if next_event is False else next_event
         for other in self.vcores:
             if other is not vc and other.online and (horizon is None or other.clock < horizon):
                 horizon = other.clock
@@ -340,8 +341,8 @@ class Engine:
         """Run `vc`'s code until it yields to the engine (or its greenlet ends)."""
         self.current = vc
         self.now = max(self.now, vc.clock)
-        self.horizon = self.compute_horizon(vc)
         nxt = self.next_event_time()
+        self.horizon = self.compute_horizon(vc, nxt)
         self.event_horizon = min(x for x in (nxt, self.until, 1 << 62) if x is not None)
         gl = vc.gl
         try:

@@ -64,9 +64,6 @@ class ExceptionTable:
             return self.entries[i]
         return None
 
-    def merged(self, other: ExceptionTable) -> ExceptionTable:
-        return ExceptionTable(self.entries + other.entries)
-
 
 def apply(entry: ExtableEntry, ctx, mem) -> None:
     """Change ctx as the entry says: jump to the fixup (and set rax = -EFAULT), or skip the instruction."""

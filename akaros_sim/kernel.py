@@ -160,13 +160,10 @@ class Kernel:
                 now = self._kernel_now()
                 away = [vc.unavailable_until for vc in self.engine.vcores if not vc.online and vc.unavailable_until > now]
                 if away:
-                    self.engine.schedule(min(away), "ksched", self._retry_grant)
+                    self.engine.schedule(min(away), "ksched", self.poke_ksched)
                 return
             self._grant_pending += 1
             self.engine.schedule(self._kernel_now() + self.costs.vcore_grant_ns, "grant", self._grant)
-
-    def _retry_grant(self) -> None:
-        self.poke_ksched()
 
     def _restore_preempted(self, vc) -> None:
         if vc.state is VcoreState.PREEMPTED and vc.in_vcore_ctx and self.state is not ProcState.DYING:
@@ -233,7 +230,7 @@ class Kernel:
             duration = vc.pending_duration if vc.pending_duration is not None else self.costs.preempt_duration_ns
             vc.pending_duration = None
             vc.unavailable_until = self._kernel_now() + duration
-            self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
+            self.engine.schedule(vc.unavailable_until, "ksched", self.poke_ksched)
         if vc.tick_event is not None:
             vc.tick_event.cancelled = True
             vc.tick_event = None
@@ -290,7 +287,7 @@ class Kernel:
             # its pcore is back, whatever amt_wanted says.
             restart = vc.unavailable_until + self.costs.vcore_grant_ns
             self.engine.schedule(restart, "restore", self._restore_preempted, vc)
-        self.engine.schedule(vc.unavailable_until, "ksched", self._retry_grant)
+        self.engine.schedule(vc.unavailable_until, "ksched", self.poke_ksched)
         self.poke_ksched()
 
     # -- events -------------------------------------------------------------------------------

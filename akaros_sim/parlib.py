@@ -15,9 +15,8 @@ from greenlet import GreenletExit, getcurrent
 
 from akaros_sim.engine import EngineError
 from akaros_sim.kernel import EV_SYSCALL, SYS_block, EventQueue
-from akaros_sim.uthread import JoinState, Uthread, UthFlag, UthreadEntry, UthreadKind, UthState
+from akaros_sim.uthread import JoinState, Uthread, UthFlag, UthreadEntry, UthState
 from akaros_sim.vcore import RestartVcoreEntry, handle_events as _handle_events
-from akaros_sim.vcore import uthread_pause as _uthread_pause
 from akaros_sim.vcore import vcore_yield as _vcore_yield
 
 # uthread_has_blocked flags (uthread.h)

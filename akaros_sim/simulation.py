@@ -23,14 +23,11 @@ from akaros_sim.cpu import BudgetSpent, Cpu, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Costs, Engine, EngineError, SimGreenlet, StopSimulation, VcoreState
 from akaros_sim.kernel import (
-    EV_SYSCALL,
     SYS_guest_return,
     SYS_sigaction,
     SYS_sigreturn,
     SYS_uthread_exit,
     SYS_uthread_yield,
-    SYSCALL_NAMES,
-    EventMsg,
     EventQueue,
     Kernel,
     ProcState,
@@ -38,8 +35,7 @@ from akaros_sim.kernel import (
 )
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
 from akaros_sim.sched_ops import SchedOps
-from akaros_sim.trace import TraceRecord
-from akaros_sim.uthread import JoinState, Uthread, UthFlag, UthreadEntry, UthreadKind, UthState
+from akaros_sim.uthread import Uthread, UthreadEntry, UthreadKind
 from akaros_sim import vcore as vcore_mod
 
 # Guest layout the runtime owns.
@@ -273,9 +269,7 @@ class Simulation:
             return
         vc.storm_left -= insns
         if vc.storm_left <= 0:
-            vc.tick_expired += 1
-            vc.notif_pending = True
-            self.trace_event(vc, "tick", expired=vc.tick_expired, storm=True)
+            self._raise_tick(vc, storm=True)
             vc.storm_left = self.rng.randint(lo, hi)
 
     def _trace_chain(self, kind: str, subject=None, **details) -> None:
@@ -363,25 +357,23 @@ class Simulation:
         vc = self.engine.current
         return vc.clock if vc is not None else self.engine.now
 
-    def trace_event(self, vc, kind: str, /, uth=None, **details) -> None:
-        """Record one transition.  Runtime details are plain values by construction, so they are
-        appended without the checks `Trace.emit` makes for records from user code."""
+    def _where(self, vc, uth) -> tuple[int, int, str]:
+        """(time, vcore id, uthread name) for a record: the time is the acting code's
+        (the running vcore's clock, or the kernel's), the vcore and uthread default to the running ones."""
         if vc is None:
             vc = self.engine.current
         if uth is None and vc is not None:
             uth = vc.current_uthread
-        cur = self.engine.current  # the time is the acting code's: a vcore's clock, or the kernel's
-        t = cur.clock if cur is not None else self.engine.now
-        self.trace.records.append(
-            TraceRecord(t, vc.id if vc is not None else -1, uth.name if uth is not None else "", kind,
-                        tuple(details.items()))
-        )  # fmt: skip
+        return self.now(), vc.id if vc is not None else -1, uth.name if uth is not None else ""
+
+    def trace_event(self, vc, kind: str, /, uth=None, **details) -> None:
+        """Record one transition.  Runtime details are plain values by construction, so they go
+        through `Trace.add`, without the checks `Trace.emit` makes for records from user code."""
+        self.trace.add(*self._where(vc, uth), kind, tuple(details.items()))
 
     def user_trace_event(self, kind: str, **details) -> None:
         """A record from user code (a 2LS, a handler, a test): its values are checked."""
-        vc = self.engine.current
-        uth = vc.current_uthread if vc is not None else None
-        self.trace.emit(self.now(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind, **details)
+        self.trace.emit(*self._where(None, None), kind, **details)
 
     def engine_error(self, message: str) -> EngineError:
         return EngineError(message)
@@ -536,10 +528,17 @@ class Simulation:
         vc.tick_event = None
         if not vc.online or not vc.tick_period:
             return
+        self._raise_tick(vc)
+        self.arm_tick(vc, base=self.engine.now)  # periodic in time, no drift
+
+    def _raise_tick(self, vc, storm: bool = False) -> None:
+        """A tick on vc: count it for vcore_tick_poll and interrupt the running uthread (notif_pending)."""
         vc.tick_expired += 1
         vc.notif_pending = True
-        self.trace_event(vc, "tick", expired=vc.tick_expired)
-        self.arm_tick(vc, base=self.engine.now)  # periodic in time, no drift
+        if storm:
+            self.trace_event(vc, "tick", expired=vc.tick_expired, storm=True)
+        else:
+            self.trace_event(vc, "tick", expired=vc.tick_expired)
 
     # -- uthreads -----------------------------------------------------------------------------
 
@@ -721,8 +720,6 @@ class Simulation:
         sysc.ev_q = evq
         return True
 
-    def post_syscall_event(self, sysc) -> None:
-        self.kernel.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))
 
     # -- signals (parlib's sigstate, for guest handlers) ----------------------------------------------
 

@@ -80,7 +80,11 @@ class Trace:
             if type(v) not in _PLAIN:
                 items = tuple((k, _check_value(v)) for k, v in items)
                 break
-        rec = TraceRecord(t, vc, uth, kind, items)
+        return self.add(t, vc, uth, kind, items)
+
+    def add(self, t: int, vc: int, uth: str, kind: str, details: tuple) -> TraceRecord:
+        """Append a record whose details are already plain (key, value) pairs: the runtime's path."""
+        rec = TraceRecord(t, vc, uth, kind, details)
         self.records.append(rec)
         return rec
 

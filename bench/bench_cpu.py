@@ -63,11 +63,12 @@ def asm(src: str, addr: int) -> bytes:
     return bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, addr, as_bytes=True)[0])
 
 
-def raw_machine(virtual_tlb: bool) -> Uc:
+def raw_uc(spans: list[tuple[int, int, int]], virtual_tlb: bool) -> Uc:
+    """A raw Unicorn with each (start, end, perms) span mapped; with virtual_tlb, in
+    UC_TLB_VIRTUAL mode with the smallest identity fill hook (the fastest raw loop)."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     if virtual_tlb:
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        spans = [(CODE, CODE + 0x1000, 5), (DATA, DATA + 0x1000, 3), (STACK - 0x10000, STACK, 3)]
 
         def fill(_uc, vaddr, _access, entry, _ud):
             for lo, hi, perms in spans:
@@ -77,9 +78,26 @@ def raw_machine(virtual_tlb: bool) -> Uc:
             return False
 
         uc.hook_add(UC_HOOK_TLB_FILL, fill)
-    uc.mem_map(CODE, 0x1000, 5)
-    uc.mem_map(DATA, 0x1000, 3)
-    uc.mem_map(STACK - 0x10000, 0x10000, 3)
+    for lo, hi, perms in spans:
+        uc.mem_map(lo, hi - lo, perms)
+    return uc
+
+
+def raw_slices_per_second(uc: Uc, entry: int, slices: int, slice_insns: int = SLICE) -> float:
+    """Guest instructions per host second of the raw loop: emu_start(pc, 0, count=slice) + read rip."""
+    rip = ctypes.c_uint64(entry)
+    uch = uc._uch
+    uclib.uc_emu_start(uch, entry, 0, 0, slice_insns)  # warm the translation cache
+    uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
+    t0 = time.perf_counter()
+    for _ in range(slices):
+        uclib.uc_emu_start(uch, rip.value, 0, 0, slice_insns)
+        uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
+    return slices * slice_insns / (time.perf_counter() - t0)
+
+
+def raw_machine(virtual_tlb: bool) -> Uc:
+    uc = raw_uc([(CODE, CODE + 0x1000, 5), (DATA, DATA + 0x1000, 3), (STACK - 0x10000, STACK, 3)], virtual_tlb)
     uc.reg_write(x86.UC_X86_REG_RDI, DATA)
     uc.reg_write(x86.UC_X86_REG_RSP, STACK - 8)
     return uc
@@ -88,15 +106,7 @@ def raw_machine(virtual_tlb: bool) -> Uc:
 def raw_throughput(virtual_tlb: bool, slices: int) -> float:
     uc = raw_machine(virtual_tlb)
     uc.mem_write(CODE, asm(LOOP, CODE))
-    rip = ctypes.c_uint64(CODE)
-    uch = uc._uch
-    uclib.uc_emu_start(uch, CODE, 0, 0, SLICE)  # warm the translation cache
-    uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    t0 = time.perf_counter()
-    for _ in range(slices):
-        uclib.uc_emu_start(uch, rip.value, 0, 0, SLICE)
-        uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    return slices * SLICE / (time.perf_counter() - t0)
+    return raw_slices_per_second(uc, CODE, slices)
 
 
 def sim_machine(source: str) -> tuple[Cpu, UserContext]:

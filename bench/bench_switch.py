@@ -34,7 +34,6 @@ greenlet pair (lower is better).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import statistics
 import sys
@@ -44,14 +43,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from greenlet import GreenletExit, greenlet  # noqa: E402
-from unicorn import UC_ARCH_X86, UC_HOOK_TLB_FILL, UC_MODE_64, UC_TLB_VIRTUAL, Uc  # noqa: E402
 from unicorn import x86_const as x86  # noqa: E402
-from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 
 from akaros_sim import parlib  # noqa: E402
 from akaros_sim.asm import assemble  # noqa: E402
 from akaros_sim.engine import Costs  # noqa: E402
-from akaros_sim.memory import PAGE_SIZE, Prot  # noqa: E402
+from akaros_sim.memory import PAGE_SIZE  # noqa: E402
 from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from akaros_sim.trace import Trace  # noqa: E402
 from schedops.pthread import PthreadSched  # noqa: E402
@@ -93,7 +90,7 @@ RAW_STACK_SIZE = 0x10000
 class NullTrace(Trace):
     """A trace that keeps nothing: what the ping-pong costs without its records."""
 
-    def emit(self, t, vc, uth, kind, /, **details):
+    def add(self, t, vc, uth, kind, details):
         return None
 
 
@@ -153,48 +150,20 @@ def ours_throughput(slices: int) -> float:
     return result.insns / elapsed
 
 
-def raw_machine(virtual_tlb: bool):
-    """A raw Unicorn with the loop's segments and a stack, as bench_cpu.py sets it up."""
+def raw_throughput(virtual_tlb: bool, slices: int) -> float:
+    """The same loop on raw Unicorn with the same slicing (bench_cpu.py's harness)."""
+    from bench_cpu import raw_slices_per_second, raw_uc
+
     prog = assemble(LOOP, name="loop")
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    spans = []
-    for seg in prog.segments:
-        size = -(-seg.memsz // PAGE_SIZE) * PAGE_SIZE
-        perms = (1 if seg.prot & Prot.READ else 0) | (2 if seg.prot & Prot.WRITE else 0)
-        perms |= 4 if seg.prot & Prot.EXEC else 0
-        spans.append((seg.addr, seg.addr + size, perms))
-    spans.append((RAW_STACK_TOP - RAW_STACK_SIZE, RAW_STACK_TOP, 3))
-    if virtual_tlb:
-        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-
-        def fill(_uc, vaddr, _access, entry, _ud):
-            for lo, hi, perms in spans:
-                if lo <= vaddr < hi:
-                    entry.paddr, entry.perms = vaddr & ~0xFFF, perms
-                    return True
-            return False
-
-        uc.hook_add(UC_HOOK_TLB_FILL, fill)
-    for lo, hi, perms in spans:
-        uc.mem_map(lo, hi - lo, perms)
+    spans = [
+        (seg.addr, seg.addr + -(-seg.memsz // PAGE_SIZE) * PAGE_SIZE, int(seg.prot)) for seg in prog.segments
+    ] + [(RAW_STACK_TOP - RAW_STACK_SIZE, RAW_STACK_TOP, 3)]
+    uc = raw_uc(spans, virtual_tlb)
     for seg in prog.segments:
         uc.mem_write(seg.addr, seg.data)
     uc.reg_write(x86.UC_X86_REG_RSP, RAW_STACK_TOP - 8)
     uc.reg_write(x86.UC_X86_REG_RSI, 1 << 62)  # never ends within the measurement
-    return uc, prog.entry
-
-
-def raw_throughput(virtual_tlb: bool, slices: int) -> float:
-    uc, entry = raw_machine(virtual_tlb)
-    rip = ctypes.c_uint64(entry)
-    uch = uc._uch
-    uclib.uc_emu_start(uch, entry, 0, 0, SLICE)  # warm the translation cache
-    uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    t0 = time.perf_counter()
-    for _ in range(slices):
-        uclib.uc_emu_start(uch, rip.value, 0, 0, SLICE)
-        uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    return slices * SLICE / (time.perf_counter() - t0)
+    return raw_slices_per_second(uc, prog.entry, slices, SLICE)
 
 
 # -- (c) many uthreads ------------------------------------------------------------------------------
