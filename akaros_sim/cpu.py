@@ -447,6 +447,15 @@ class Cpu:
             return TrapStop(counter - 1, intno, error_code)
         return TrapStop(counter - 1, intno)
 
+    def release(self) -> None:
+        """Free the Unicorn instance (the run is over); memory stays readable through the AddressSpace."""
+        self._live = None
+        self._counter = None
+        self._uc = self._uch = self._uc_ctx = None
+        self._tsc_cb = None
+        self.tsc = self.instructions
+        self.mem.release()
+
     # -- lazy CPU-state switching ---------------------------------------------------
 
     def _switch_to(self, ctx: UserContext) -> None:

@@ -1,26 +1,31 @@
-"""Engine: virtual time, the event heap, vcore interleaving and the greenlet waist.
+"""Engine: virtual time, the event heap, vcore interleaving, and every greenlet switch.
 
 Virtual time is in nanoseconds and nothing reads the host clock.  Each vcore
-has its own clock; the engine always advances the online vcore that is
-furthest behind (ties: lowest vcore id), and handles a kernel event before any
-vcore runs past its time.  Events sit in a heap keyed (time, priority,
-sequence), so ties are first-come first-served by construction (SimPy).
+has its own clock; the engine always runs the online vcore that is furthest
+behind (ties: lowest vcore id), and handles a kernel event before any vcore
+runs past its time.  Events sit in a heap keyed (time, priority, sequence), so
+ties are first-come first-served by construction (as in SimPy).
 
-Control flow uses greenlets, and only two functions move a vcore between
-contexts (STYLE.md 13):
+Time advances only by suspending.  Code running on a vcore asks to spend time
+with `advance(ns)`; if that takes its vcore past the *horizon* (the earliest
+time at which a peer vcore or a kernel event could act), the engine suspends
+it and runs whoever is behind, and resumes it once it is furthest behind
+again.  So nothing that touches shared state happens at a virtual time later
+than a peer that has not caught up yet, and the trace is causal.  Two things
+may look ahead without acting:
 
-* `Engine.enter_uthread(vc, uth)`: from vcore context, run a uthread
-  (run_uthread / run_current_uthread end here);
-* `Engine.enter_vcore_context(vc, reason, ...)`: from a uthread, start vcore
-  context fresh at vcore_entry (yield, notification, fault, exit).
+* guest slices (`guest_limit`) run up to `Costs.vcore_quantum_ns` past the
+  horizon; guest loads and stores of different vcores interleave at that grain;
+* `spend(ns)` (a Python uthread computing) jumps straight to its end and is
+  cut short, exactly, if a notification or preemption reaches its vcore first.
 
-Each vcore has one vcore-context greenlet that loops back to vcore_entry
-whenever it is switched to; uthread and vcore context switch to each other
-directly, so a yield costs two greenlet switches and creates nothing.
-
-Everything else that runs on a vcore gives the engine a chance to advance
-other vcores through `Engine.yield_to_engine`, which keeps the greenlet to
-resume in `vc.gl`.
+This module is the one narrow waist for control flow: every greenlet switch
+and throw is here.  Vcore context is one looping greenlet per vcore that
+starts a fresh pass of `vcore_entry` each time it is entered; a pass ends in
+one of three ways (`run_uthread`, `vcore_offline`, `restart_vcore_entry`), and
+a uthread enters vcore context with `enter_vcore_context`.  The engine knows
+greenlets, clocks and callables, nothing above it: what a vcore-context pass
+runs and what a uthread's greenlet runs are callables given at construction.
 """
 
 from __future__ import annotations
@@ -29,13 +34,9 @@ import enum
 import heapq
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING
 
 import attrs
-from greenlet import greenlet, getcurrent
-
-if TYPE_CHECKING:
-    from akaros_sim.uthread import Uthread
+from greenlet import GreenletExit, getcurrent, greenlet
 
 
 def _nonneg_int(inst, attribute, value):
@@ -67,16 +68,19 @@ class Costs:
     vcore_grant_ns: int = _cost(2_000)  # from vcore_request_more to the vcore running
     preempt_duration_ns: int = _cost(100_000)  # how long a preempted vcore's pcore stays away
     slice_insns: int = _cost(10_000)  # guest instructions between engine checks
-    # How far a guest slice may run a vcore past the furthest-behind peer (a
-    # lookahead; kernel events still end slices exactly).  Python uthreads and
-    # vcore context interleave exactly; guest code interleaves at this grain.
-    # Smaller is finer and slower.
+    # How far a guest slice may run a vcore past the horizon (the earliest time
+    # a peer or a kernel event could act).  Guest memory accesses of different
+    # vcores interleave at this grain; everything else is strictly causal.
+    # Smaller is finer and slower; insn_ns makes the interleaving exact.
     vcore_quantum_ns: int = _cost(2_000)
     python_step_ns: int = _cost(20)  # a parlib call from a Python uthread
+    spin_ns: int = _cost(20)  # one look at a held spinlock
 
     def __attrs_post_init__(self):
         if self.slice_insns < 1:
             raise ValueError("Costs.slice_insns: expected an int >= 1, got 0")
+        if self.insn_ns < 1:
+            raise ValueError("Costs.insn_ns: expected an int >= 1 (an instruction must take time), got 0")
 
 
 class VcoreState(enum.Enum):
@@ -94,6 +98,35 @@ _VC_TRANSITIONS = {
 }
 
 
+class Entry(enum.Enum):
+    """Why a fresh pass of vcore context starts (the `why` of a vcore_entry record)."""
+
+    PROCESS_START = "process_start"  # vcore 0 when the process becomes an MCP
+    GRANTED = "granted"  # the kernel granted an offline vcore
+    RESTART = "restart"  # a vcore preempted in uthread context is back
+    YIELD = "yield"  # a uthread called uthread_yield
+    NOTIFY = "notify"  # a notification interrupted the running uthread
+    FAULT = "fault"  # a hardware fault was reflected
+
+
+class Interrupt(enum.Enum):
+    """Why a uthread was stopped against its will (what a RAS restart reports as `why`)."""
+
+    NOTIFY = "notify"
+    FAULT = "fault"
+    PREEMPTED = "preempted"
+
+
+class RunEnd(enum.Enum):
+    """Why a run stopped."""
+
+    ALL_EXITED = "all uthreads exited"
+    PROCESS_EXITED = "process exited"
+    TIME_BUDGET = "virtual-time budget reached"
+    INSN_BUDGET = "instruction budget reached"
+    IDLE = "nothing left to run (every vcore yielded, no event pending)"
+
+
 class EngineError(RuntimeError):
     """A broken precondition at a context switch (names the vcore, uthread and what was wrong)."""
 
@@ -106,7 +139,6 @@ class Vcore:
         # kernel
         self._state = VcoreState.OFFLINE
         self.clock = 0  # this vcore's virtual time, ns
-        self.online_since = 0
         self.unavailable_until = 0  # a preempted pcore comes back after this
         self.preempt_pending = 0  # deadline of a preemption warning, 0 = none
         self.pending_duration: int | None = None  # how long the warned pcore will be away
@@ -116,7 +148,7 @@ class Vcore:
         self.notif_pending = False
         self.mailbox: deque = deque()
         # parlib (its TLS): the uthread it runs or was interrupted from
-        self.current_uthread: Uthread | None = None
+        self.current_uthread = None
         # vcore tick (time slicing): period and expired-but-unpolled periods
         self.tick_period = 0
         self.tick_expired = 0
@@ -126,10 +158,11 @@ class Vcore:
         # engine: the greenlet to switch to when this vcore runs next
         self.gl: greenlet | None = None
         self.vgl: greenlet | None = None  # its vcore-context greenlet (one, reused)
-        self.entry: tuple = ("?", None)  # why vcore context starts next, and the action to run first
+        self.entry: tuple[Entry, object] | None = None  # the next pass's reason and first action
         self.in_vcore_ctx = False
+        self.spending: list | None = None  # [start, reached] of a spend() in progress
         # statistics
-        self.busy_ns = 0  # time charged while online
+        self.busy_ns = 0  # time spent while online
         self.uthread_ns = 0  # ... of it, running uthreads
         self.switches = 0
 
@@ -162,48 +195,63 @@ class Event:
 
 
 class SimGreenlet(greenlet):
-    """A greenlet that knows its simulation (parlib finds it through getcurrent())."""
+    """A greenlet of one simulation: parlib finds its process through getcurrent()."""
 
-    def __init__(self, run, parent, sim, uth=None) -> None:
+    def __init__(self, run, parent, proc, uth=None) -> None:
         super().__init__(run, parent)
-        self.sim = sim
+        self.proc = proc
         self.uth = uth
 
 
-class _EnterUthread(BaseException):
-    """Unwinds a vcore-context greenlet into a uthread (sched_entry never returns).
+class _Pass(enum.Enum):
+    """How a pass of vcore context ends."""
+
+    RUN = "run a uthread"
+    OFFLINE = "vcore offline"
+    RESTART = "restart vcore_entry"
+
+
+class _EndPass(BaseException):
+    """Unwinds a vcore-context pass to the top of its greenlet (sched_entry never returns).
 
     A BaseException so that `except Exception` in 2LS code does not catch it.
+    Raised only here; caught only by `Engine._vcore_main`.
     """
 
-    def __init__(self, uth) -> None:
-        super().__init__(uth)
+    def __init__(self, how: _Pass, uth=None) -> None:
+        super().__init__(how)
+        self.how = how
         self.uth = uth
 
 
-class _VcoreOffline(BaseException):
-    """Unwinds a vcore-context greenlet whose vcore yielded to the kernel."""
-
-
-class StopSimulation(BaseException):
-    """Unwinds whatever greenlet is running when the process ends."""
+_FAR = 1 << 62  # "no limit": beyond any time a run can reach
 
 
 class Engine:
-    """Time, events and the switching of vcores between contexts."""
+    """Time, events and the switching of vcores between contexts.
 
-    def __init__(self, sim, nvcores: int, costs: Costs) -> None:
-        self.sim = sim
+    Built with the callables it runs and knows nothing else about:
+    `vcore_entry(vc, entry, action, restarted)` is the program of a vcore-context
+    pass; `uthread_body(uth)` the program of a uthread's greenlet; `crash(exc)`
+    is told of an exception that escaped either, and ends the process.
+    """
+
+    def __init__(self, nvcores: int, costs: Costs, *, owner, vcore_entry, uthread_body, crash) -> None:
         self.costs = costs
         self.vcores = [Vcore(i) for i in range(nvcores)]
+        self._owner = owner  # what SimGreenlet.proc holds (the engine never looks inside it)
+        self._vcore_entry = vcore_entry
+        self._uthread_body = uthread_body
+        self._crash = crash
         self._heap: list[tuple[int, int, int, Event]] = []
         self._seq = itertools.count()
+        self._greenlets: dict[greenlet, None] = {}  # every greenlet made and not yet retired, in order
         self.current: Vcore | None = None  # the vcore whose code is running
-        self.horizon = 0  # the running vcore yields to the engine once its clock passes this
-        self.gl: greenlet | None = None  # the engine's own greenlet
-        self.now = 0  # time of the last event handled or vcore step started
-        self.until: int | None = None  # the run's virtual-time budget
+        self.horizon = 0  # the running vcore suspends once its clock passes this
         self.event_horizon = 0  # the next kernel event (or the budget): guest slices stop there exactly
+        self.gl: greenlet | None = None  # the engine's own greenlet (the caller of run)
+        self.now = 0  # the time of the last event handled or vcore step started
+        self.until: int | None = None  # the run's virtual-time budget
 
     # -- events ---------------------------------------------------------------------
 
@@ -211,141 +259,306 @@ class Engine:
         """Run fn(*args) in kernel context at `time` (never in the past of `now`)."""
         ev = Event(max(time, self.now), kind, fn, args)
         heapq.heappush(self._heap, (ev.time, priority, next(self._seq), ev))
-        if ev.time < self.horizon:
-            self.horizon = ev.time
+        if ev.time <= self.horizon:
+            self.horizon = ev.time - 1  # the event goes before anything at its time
         if ev.time < self.event_horizon:
             self.event_horizon = ev.time
         return ev
 
     def next_event_time(self) -> int | None:
-        while self._heap and self._heap[0][3].cancelled:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        while heap and heap[0][3].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def pop_event(self) -> Event:
         return heapq.heappop(self._heap)[3]
 
+    def clear_events(self) -> None:
+        """Drop every pending event (the run is over)."""
+        self._heap.clear()
+
     # -- time -----------------------------------------------------------------------
 
-    def charge(self, ns: int, uthread_time: bool = False) -> None:
-        """Spend `ns` on the running vcore; from uthread context, let others catch up."""
+    def time(self) -> int:
+        """The acting code's time: the running vcore's clock, or the kernel's."""
         vc = self.current
-        if vc is None:
+        return vc.clock if vc is not None else self.now
+
+    def advance(self, ns: int, uthread_time: bool = False) -> None:
+        """Spend ns on the running vcore; suspend if that passes the horizon.
+
+        On return the caller is furthest behind (nobody can act before it), but
+        it may be on another vcore: a uthread suspended here can be preempted,
+        recovered and resumed elsewhere.  Re-read the vcore after calling.
+        """
+        vc = self.current
+        if vc is None:  # kernel context and set-up: no vcore to charge
             self.now += ns
             return
         vc.clock += ns
         vc.busy_ns += ns
         if uthread_time:
             vc.uthread_ns += ns
+        if vc.clock > self.horizon:
+            self._suspend(vc)
 
-    def over_horizon(self) -> bool:
+    def run_ahead(self, ns: int) -> None:
+        """Guest time: spend ns on the running vcore without suspending (the caller syncs before acting)."""
         vc = self.current
-        return vc is not None and vc.clock > self.horizon
+        vc.clock += ns
+        vc.busy_ns += ns
+        vc.uthread_ns += ns
 
     def yield_to_engine(self) -> None:
-        """Suspend the running code; the engine resumes it when its vcore is furthest behind."""
-        vc = self.current
-        if vc is None:
-            return
-        vc.gl = getcurrent()
-        self.gl.switch()
+        """Suspend the running code now; the engine resumes it when its vcore is furthest behind."""
+        self._suspend(self.current)
 
-    def maybe_yield(self) -> None:
-        if self.over_horizon():
-            self.yield_to_engine()
+    def sync(self) -> None:
+        """Suspend until the running vcore is furthest behind (after a guest slice ran ahead)."""
+        vc = self.current
+        if vc is not None and vc.clock > self.horizon:
+            self._suspend(vc)
+
+    def spend(self, ns: int) -> int:
+        """Uthread context: spend ns computing; returns the ns not spent if interrupted.
+
+        The vcore jumps to the end at once (nothing it does can be seen until
+        then) and is cut back, exactly, by `cut_short` if a notification or a
+        preemption reaches it first.
+        """
+        vc = self.current
+        start = vc.clock
+        end = start + ns
+        stop = end if self.until is None else min(end, max(self.until, start))
+        box = [start, stop]
+        vc.spending = box
+        vc.clock = stop
+        vc.busy_ns += stop - start
+        vc.uthread_ns += stop - start
+        if stop > self.horizon:
+            self._suspend(vc)
+        if vc.spending is box:
+            vc.spending = None
+        return end - box[1]
+
+    def cut_short(self, vc: Vcore) -> None:
+        """A notification or preemption reached vc now: end a spend() in progress at this time."""
+        box = vc.spending
+        if box is None:
+            return
+        vc.spending = None
+        t = max(self.time(), box[0])
+        if t < box[1]:
+            back = box[1] - t
+            vc.clock -= back
+            vc.busy_ns -= back
+            vc.uthread_ns -= back
+            box[1] = t
+
+    def guest_limit(self) -> int:
+        """The time a guest slice may run the current vcore to: the horizon plus a quantum,
+        and never past the next kernel event."""
+        return min(self.horizon + 1 + self.costs.vcore_quantum_ns, self.event_horizon)
 
     def compute_horizon(self, vc: Vcore, next_event: int | None | bool = False) -> int:
-        """The time `vc` may run to before the engine must look elsewhere: the next kernel
-        event, the clock of the furthest-behind online peer, or the time budget.
-        (A caller that has just looked at the heap passes what it found as next_event.)"""
-        horizon = self.next_event_time() if next_event is False else next_event
+        """The last time `vc` may act at before the engine must look elsewhere.
+
+        Turns are taken in the order (time, events first, vcore id): so the
+        horizon is just before the next kernel event, just before the clock of
+        a lower-numbered online peer, at the clock of a higher-numbered one,
+        and just before the time budget.  (A caller that has just looked at the
+        heap passes what it found as next_event.)
+        """
+        nxt = self.next_event_time() if next_event is False else next_event
+        horizon = _FAR if nxt is None else nxt - 1
         for other in self.vcores:
-            if other is not vc and other.online and (horizon is None or other.clock < horizon):
-                horizon = other.clock
-        if self.until is not None and (horizon is None or self.until < horizon):
-            horizon = self.until
-        return horizon if horizon is not None else 1 << 62
-
-    # -- the waist --------------------------------------------------------------------
-
-    def enter_uthread(self, vc: Vcore, uth) -> None:
-        """From vcore context on `vc`: run `uth` (never returns)."""
-        if getcurrent() is not vc.gl or not vc.in_vcore_ctx:
-            raise EngineError(f"vcore {vc.id}: run_uthread({uth.name!r}) called outside its vcore context")
-        if uth.greenlet is None:
-            uth.greenlet = self.sim._make_uthread_greenlet(uth)
-        elif uth.greenlet.dead:
-            raise EngineError(f"vcore {vc.id}: uthread {uth.name!r} has finished and cannot run")
-        vc.switches += 1
-        raise _EnterUthread(uth)  # unwinds vcore context to the top of _vcore_main
-
-    def enter_vcore_context(self, vc: Vcore, reason: str, action=None) -> None:
-        """From uthread context on `vc`: start vcore context fresh; returns when the uthread runs again.
-
-        `action(vc)` runs first in the new vcore context (the yield callback of
-        uthread_yield, for instance).
-        """
-        cur = getcurrent()
-        if vc.in_vcore_ctx or cur is not vc.gl:
-            raise EngineError(f"vcore {vc.id}: entering vcore context ({reason}) from outside a uthread")
-        vc.entry = (reason, action)
-        vc.in_vcore_ctx = True
-        vc.gl = self._vcore_greenlet(vc)
-        vc.gl.switch()  # straight to vcore context; the engine is not involved
-
-    def _vcore_greenlet(self, vc: Vcore) -> SimGreenlet:
-        """vc's one vcore-context greenlet; it loops back to vcore_entry each time it is switched to."""
-        if vc.vgl is None or vc.vgl.dead:
-            vc.vgl = SimGreenlet(lambda: self._vcore_main(vc), self.gl, self.sim)
-        return vc.vgl
-
-    def start_vcore(self, vc: Vcore, reason: str) -> None:
-        """Kernel side: vc starts fresh at vcore_entry (granted, or restarted after preemption)."""
-        vc.entry = (reason, None)
-        vc.in_vcore_ctx = True
-        vc.gl = self._vcore_greenlet(vc)
-
-    def _vcore_main(self, vc: Vcore):
-        """Vcore context's program: each pass is one fresh vcore_entry (the stack starts empty).
-
-        A pass ends by switching away, and whoever switches back means "start
-        vcore context again": a uthread entering it, or the kernel restarting vc.
-        """
-        while True:
-            reason, action = vc.entry
-            vc.entry = ("?", None)
-            try:
-                vc.notif_disabled = True
-                self.sim._vcore_entry(vc, reason, action)
-                raise EngineError(f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)")
-            except _EnterUthread as enter:
-                uth = enter.uth
-                vc.in_vcore_ctx = False
-                vc.gl = uth.greenlet
-                uth.greenlet.switch()
-            except _VcoreOffline:
-                vc.gl = None
-                vc.in_vcore_ctx = False
-                self.gl.switch()
+            if other is not vc and other.online:
+                limit = other.clock if other.id > vc.id else other.clock - 1
+                if limit < horizon:
+                    horizon = limit
+        if self.until is not None and self.until - 1 < horizon:
+            horizon = self.until - 1
+        return horizon
 
     # -- the loop -----------------------------------------------------------------------
 
     def next_vcore(self) -> Vcore | None:
+        """The online vcore with something to run that is furthest behind (ties: lowest id)."""
         best = None
         for vc in self.vcores:
             if vc.online and vc.gl is not None and (best is None or vc.clock < best.clock):
                 best = vc
         return best
 
-    def step(self, vc: Vcore) -> None:
-        """Run `vc`'s code until it yields to the engine (or its greenlet ends)."""
+    def run(self, stop_check) -> RunEnd:
+        """Handle events and run vcores in time order until stop_check() names an end.
+
+        Each turn: the earliest of (the next event, the furthest-behind vcore)
+        goes first, an event on a tie.  Returns TIME_BUDGET or IDLE itself.
+        """
+        self.gl = getcurrent()
+        while True:
+            end = stop_check()
+            if end is not None:
+                return end
+            vc = self.next_vcore()
+            t_ev = self.next_event_time()
+            if vc is None and t_ev is None:
+                return RunEnd.IDLE
+            event_first = vc is None or (t_ev is not None and t_ev <= vc.clock)
+            t_next = t_ev if event_first else vc.clock
+            if self.until is not None and t_next >= self.until:
+                return RunEnd.TIME_BUDGET
+            if event_first:
+                ev = self.pop_event()
+                self.now = max(self.now, ev.time)
+                ev.fn(*ev.args)
+            else:
+                self.step(vc, t_ev)
+
+    def step(self, vc: Vcore, next_event: int | None | bool = False) -> None:
+        """Run `vc`'s code until it suspends (or its greenlet ends)."""
         self.current = vc
         self.now = max(self.now, vc.clock)
-        nxt = self.next_event_time()
+        nxt = self.next_event_time() if next_event is False else next_event
         self.horizon = self.compute_horizon(vc, nxt)
-        self.event_horizon = min(x for x in (nxt, self.until, 1 << 62) if x is not None)
-        gl = vc.gl
+        self.event_horizon = min(x for x in (nxt, self.until, _FAR) if x is not None)
         try:
-            gl.switch()
+            vc.gl.switch()
         finally:
             self.current = None
+
+    def _suspend(self, vc: Vcore) -> None:
+        vc.gl = getcurrent()
+        self.gl.switch()
+
+    # -- the waist: vcore context ----------------------------------------------------------
+
+    def start_vcore(self, vc: Vcore, entry: Entry) -> None:
+        """Kernel side: vc starts fresh at vcore_entry when it next runs."""
+        vc.entry = (entry, None)
+        vc.in_vcore_ctx = True
+        vc.gl = self._vcore_greenlet(vc)
+
+    def enter_vcore_context(self, vc: Vcore, entry: Entry, action=None) -> None:
+        """From uthread context on `vc`: start vcore context fresh; returns when the uthread runs again.
+
+        `action(vc)` runs first in the new vcore context (the yield callback of
+        uthread_yield, for instance).
+        """
+        if vc.in_vcore_ctx or getcurrent() is not vc.gl:
+            raise EngineError(f"vcore {vc.id}: entering vcore context ({entry.value}) from outside a uthread")
+        vc.entry = (entry, action)
+        vc.in_vcore_ctx = True
+        vc.gl = self._vcore_greenlet(vc)
+        vc.gl.switch()  # straight to vcore context; the engine's loop is not involved
+
+    def run_uthread(self, vc: Vcore, uth) -> None:
+        """From vcore context on `vc`: end this pass and run `uth` (never returns)."""
+        if getcurrent() is not vc.gl or not vc.in_vcore_ctx:
+            raise EngineError(f"vcore {vc.id}: run_uthread({uth.name!r}) called outside its vcore context")
+        if uth.greenlet is None:
+            uth.greenlet = self._new_greenlet(lambda: self._uthread_main(uth), uth)
+        elif uth.greenlet.dead:
+            raise EngineError(f"vcore {vc.id}: uthread {uth.name!r} has finished and cannot run")
+        vc.switches += 1
+        raise _EndPass(_Pass.RUN, uth)
+
+    def vcore_offline(self, vc: Vcore) -> None:
+        """From vcore context: the kernel took the vcore back; end this pass (never returns)."""
+        raise _EndPass(_Pass.OFFLINE)
+
+    def restart_vcore_entry(self, vc: Vcore) -> None:
+        """From vcore context: start this pass over at vcore_entry, on a fresh stack (never returns)."""
+        raise _EndPass(_Pass.RESTART)
+
+    def _vcore_greenlet(self, vc: Vcore) -> greenlet:
+        if vc.vgl is None or vc.vgl.dead:
+            vc.vgl = self._new_greenlet(lambda: self._vcore_main(vc))
+        return vc.vgl
+
+    def _vcore_main(self, vc: Vcore) -> None:
+        """Vcore context's program: each pass is one fresh vcore_entry (the stack starts empty).
+
+        A pass ends by switching away, and whoever switches back means "start
+        vcore context again": a uthread entering it, or the kernel starting vc.
+        """
+        try:
+            while True:
+                entry, action = vc.entry
+                vc.entry = None
+                how, uth = self._one_pass(vc, entry, action)
+                vc.in_vcore_ctx = False
+                if how is _Pass.RUN:
+                    vc.gl = uth.greenlet
+                    uth.greenlet.switch()
+                else:  # offline: wait for the kernel to start this vcore again
+                    vc.gl = None
+                    self.gl.switch()
+        except Exception as exc:  # anything escaping vcore context ends the process with a report
+            self._crash(exc)
+            self.park()
+
+    def _one_pass(self, vc: Vcore, entry: Entry, action) -> tuple[_Pass, object]:
+        restarted = False
+        while True:
+            try:
+                vc.notif_disabled = True
+                self._vcore_entry(vc, entry, action, restarted)
+            except _EndPass as end:
+                if end.how is not _Pass.RESTART:
+                    return end.how, end.uth
+                restarted, action = True, None
+                continue
+            raise EngineError(f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)")
+
+    def _uthread_main(self, uth) -> None:
+        try:
+            self._uthread_body(uth)
+            raise EngineError(f"uthread {uth.name!r}: its body returned instead of exiting")
+        except Exception as exc:  # anything escaping a uthread ends the process with a report
+            self._crash(exc)
+            self.park()
+
+    # -- the waist: greenlets' lives --------------------------------------------------------
+
+    def _new_greenlet(self, run, uth=None) -> greenlet:
+        gl = SimGreenlet(run, self.gl, self._owner, uth)
+        self._greenlets[gl] = None
+        return gl
+
+    def run_setup(self, fn) -> None:
+        """Run fn in a greenlet of this simulation (so parlib finds it), outside any vcore."""
+        gl = SimGreenlet(fn, getcurrent(), self._owner)
+        gl.switch()
+
+    def park(self) -> None:
+        """The process has ended: leave for the engine for good (the greenlet is ended at teardown)."""
+        if getcurrent() is self.gl:
+            return  # kernel context: the loop sees the process is dying
+        self.gl.switch()
+        raise EngineError("a parked greenlet was resumed")
+
+    def retire(self, gl: greenlet | None) -> None:
+        """End a suspended greenlet now (its finally blocks run), unless it is the caller."""
+        if gl is None:
+            return
+        self._greenlets.pop(gl, None)
+        if gl.dead or not gl or gl is getcurrent():
+            return
+        try:
+            gl.parent = getcurrent()
+            gl.throw(GreenletExit)
+        except (GreenletExit, ValueError):
+            pass
+
+    def kill_all(self) -> None:
+        """End every greenlet this engine made, in creation order, and forget them."""
+        for gl in list(self._greenlets):
+            self.retire(gl)
+        self._greenlets.clear()
+        for vc in self.vcores:
+            vc.gl = vc.vgl = None
+            vc.entry = None
+        self.gl = None

@@ -23,7 +23,7 @@ import errno
 
 import attrs
 
-from akaros_sim.engine import VcoreState
+from akaros_sim.engine import Entry, Interrupt, VcoreState
 from akaros_sim.memory import PAGE_SIZE, MemError, Prot
 
 # Kernel syscalls (Akaros numbering)
@@ -96,6 +96,13 @@ class Syscall:
     def name(self) -> str:
         return SYSCALL_NAMES.get(self.nr, str(self.nr))
 
+    def register_evq(self, evq: EventQueue) -> bool:
+        """Ask for an event when this completes; False if it already has (the caller restarts the thread)."""
+        if self.state is SyscState.DONE:
+            return False
+        self.ev_q = evq
+        return True
+
 
 @attrs.define(eq=False)
 class EventQueue:
@@ -104,7 +111,6 @@ class EventQueue:
     vcore: int = 0
     spam: bool = True  # EVENT_SPAM_INDIR: redirect to an online vcore
     wakeup: bool = True  # EVENT_WAKEUP: bring the process back if it is waiting
-    handler: object = None  # ev_handler run instead of the type's handlers
 
 
 @attrs.frozen
@@ -125,14 +131,16 @@ class ProcState(enum.Enum):
 class Kernel:
     """One process's kernel state.  Lifecycle: RUNNING_M -> (WAITING <-> RUNNING_M)* -> DYING."""
 
-    def __init__(self, sim, max_vcores: int) -> None:
-        self.sim = sim
-        self.engine = sim.engine
-        self.costs = sim.costs
+    def __init__(self, proc, max_vcores: int) -> None:
+        self.proc = proc
+        self.engine = proc.engine
+        self.costs = proc.costs
         self.max_vcores = max_vcores
         self.amt_wanted = 1
         self.state = ProcState.RUNNING_M
         self.exit_status: int | None = None
+        self.exit_time: int | None = None
+        self.report: str | None = None  # why the process died, when it did not simply exit
         self.console: list[str] = []
         self._grant_pending = 0
         self._sysc_ids = 0
@@ -182,8 +190,7 @@ class Kernel:
         return free[self._grant_pending] if len(free) > self._grant_pending else None
 
     def _kernel_now(self) -> int:
-        vc = self.engine.current
-        return vc.clock if vc is not None else self.engine.now
+        return self.engine.time()
 
     def _grant(self) -> None:
         self._grant_pending -= 1
@@ -201,16 +208,15 @@ class Kernel:
         was_preempted = vc.state is VcoreState.PREEMPTED
         vc.set_state(VcoreState.ONLINE)
         vc.clock = max(vc.clock, t)
-        vc.online_since = vc.clock
         self.state = ProcState.RUNNING_M
         if was_preempted and vc.gl is not None and vc.in_vcore_ctx:
             reason = "resume_vcore_ctx"  # preempted in vcore context: resume it in place
         else:
-            self.engine.start_vcore(vc, "granted" if not was_preempted else "restart")
+            self.engine.start_vcore(vc, Entry.RESTART if was_preempted else Entry.GRANTED)
             reason = "start"
-        self.sim.trace_event(vc, "vcore_online", how=reason, amt_wanted=self.amt_wanted)
+        self.proc.trace_event(vc, "vcore_online", how=reason, amt_wanted=self.amt_wanted)
         if vc.tick_period:
-            self.sim.arm_tick(vc)
+            self.arm_tick(vc)
 
     def sys_yield(self, vc, being_nice: bool) -> bool:  # noqa: C901 - Akaros's checks, in its order
         """SYS_proc_yield from vcore context.  True: the vcore is now offline."""
@@ -223,7 +229,7 @@ class Kernel:
             return False
         vc.preempt_pending = 0
         vc.set_state(VcoreState.OFFLINE)
-        self.sim.trace_event(vc, "vcore_offline", nice=being_nice, amt_wanted=self.amt_wanted)
+        self.proc.trace_event(vc, "vcore_offline", nice=being_nice, amt_wanted=self.amt_wanted)
         if being_nice:
             # The kernel wanted this pcore: it stays away as if preempted (for
             # the warning's duration), then the ksched gives the process what it still wants.
@@ -244,12 +250,12 @@ class Kernel:
         """Take vcore `vcoreid` away now (warning_ns == 0) or after a preempt_pending warning."""
         vc = self.engine.vcores[vcoreid]
         if not vc.online:
-            self.sim.trace_event(vc, "preempt_skipped", why=vc.state.value)
+            self.proc.trace_event(vc, "preempt_skipped", why=vc.state.value)
             return
         if warning_ns:
             vc.preempt_pending = self.engine.now + warning_ns
             vc.pending_duration = duration_ns
-            self.sim.trace_event(vc, "preempt_warn", deadline=vc.preempt_pending)
+            self.proc.trace_event(vc, "preempt_warn", deadline=vc.preempt_pending)
             self.post(vc, EventMsg(EV_PREEMPT_PENDING), notify=True)
             self.engine.schedule(vc.preempt_pending, "preempt", self._preempt_deadline, vc, duration_ns)
         else:
@@ -260,6 +266,7 @@ class Kernel:
             self._preempt_now(vc, duration_ns)
 
     def _preempt_now(self, vc, duration_ns) -> None:
+        self.engine.cut_short(vc)
         vc.preempt_pending = 0
         vc.nr_preempts += 1
         vc.set_state(VcoreState.PREEMPTED)
@@ -270,8 +277,8 @@ class Kernel:
         vc.unavailable_until = self.engine.now + duration
         uth = vc.current_uthread
         if uth is not None and not vc.in_vcore_ctx:
-            uth.interrupted = "preempted"
-        self.sim.trace_event(
+            uth.interrupted = Interrupt.PREEMPTED
+        self.proc.trace_event(
             vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None, until=vc.unavailable_until
         )
         # preempt_ev_q (SPAM_PUBLIC | WAKEUP): an online vcore recovers the
@@ -290,14 +297,61 @@ class Kernel:
         self.engine.schedule(vc.unavailable_until, "ksched", self.poke_ksched)
         self.poke_ksched()
 
+    # -- the end of the process ------------------------------------------------------------
+
+    def exit(self, status: int, why: str, report: str | None = None) -> None:
+        """The process ends (exit syscall, fatal fault, the last thread exiting): proc_destroy.
+
+        Called from a vcore, the caller never runs again (its greenlet is parked
+        and ended when the run is torn down); from kernel context it returns.
+        """
+        if self.state is not ProcState.DYING:
+            self.state = ProcState.DYING
+            self.exit_status = status
+            self.exit_time = self._kernel_now()
+            if report is not None:
+                self.report = report
+            self.proc.trace_event(None, "process_exit", status=status, why=why)
+        self.engine.park()
+
+    # -- notifications and vcore ticks ----------------------------------------------------
+
+    def notify(self, vc) -> None:
+        """Set vc's notif_pending (the IPI); a uthread computing there is interrupted now."""
+        vc.notif_pending = True
+        self.engine.cut_short(vc)
+
+    def arm_tick(self, vc, base: int | None = None) -> None:
+        """Schedule vc's next tick one period after base (default: its clock)."""
+        if vc.tick_event is not None:
+            vc.tick_event.cancelled = True
+        start = vc.clock if base is None else base
+        vc.tick_event = self.engine.schedule(start + vc.tick_period, "tick", self._tick, vc)
+
+    def _tick(self, vc) -> None:
+        vc.tick_event = None
+        if not vc.online or not vc.tick_period:
+            return
+        self.raise_tick(vc)
+        self.arm_tick(vc, base=self.engine.now)  # periodic in time, no drift
+
+    def raise_tick(self, vc, storm: bool = False) -> None:
+        """A tick on vc: count it for vcore_tick_poll and interrupt the running uthread."""
+        vc.tick_expired += 1
+        if storm:
+            self.proc.trace_event(vc, "tick", expired=vc.tick_expired, storm=True)
+        else:
+            self.proc.trace_event(vc, "tick", expired=vc.tick_expired)
+        self.notify(vc)
+
     # -- events -------------------------------------------------------------------------------
 
     def post(self, vc, msg: EventMsg, notify: bool = True) -> None:
         """Put msg in vc's mailbox and, with notify, set notif_pending (the IPI)."""
         vc.mailbox.append(msg)
         if notify:
-            vc.notif_pending = True
-        self.sim.trace_event(vc, "event_post", ev_type=msg.ev_type, arg2=msg.arg2)
+            self.notify(vc)
+        self.proc.trace_event(vc, "event_post", ev_type=msg.ev_type, arg2=msg.arg2)
 
     def send_event(self, evq: EventQueue, msg: EventMsg) -> None:
         """Deliver to evq's vcore; if offline, spam to the first online one; wake a waiting process."""
@@ -335,7 +389,6 @@ class Kernel:
     def submit(self, sysc: Syscall, vc) -> None:
         """Start a syscall.  Non-blocking ones are DONE on return; blocking ones complete later."""
         nr, a = sysc.nr, sysc.args + (0,) * (6 - len(sysc.args))
-        sim = self.sim
         if nr == SYS_null:
             self._done(sysc, 0)
         elif nr == SYS_getvcoreid:
@@ -345,8 +398,8 @@ class Kernel:
         elif nr == SYS_write:
             self._done(sysc, self._write(a[0], a[1], a[2], vc))
         elif nr == SYS_proc_destroy:
-            sim.process_exit(a[0], why="exit syscall")
             self._done(sysc, 0)
+            self.exit(a[0], "exit syscall")
         elif nr == SYS_mmap:
             self._done(sysc, self._mmap(*a[:6]))
         elif nr == SYS_munmap:
@@ -373,10 +426,10 @@ class Kernel:
     def _complete(self, sysc: Syscall, retval: int | None) -> None:
         if retval is None:  # populate_va: back the pages now
             addr, npages = sysc.args[0], max(sysc.args[1], 1) if len(sysc.args) > 1 else 1
-            done = self.sim.mem.populate(addr, npages)
-            retval = 0 if done or self.sim.mem.lookup(addr) is not None else neg_errno(errno.EINVAL)
+            done = self.proc.mem.populate(addr, npages)
+            retval = 0 if done or self.proc.mem.lookup(addr) is not None else neg_errno(errno.EINVAL)
         self._done(sysc, retval)
-        self.sim.trace_event(None, "syscall_done", sysc=sysc.id, name=sysc.name, ret=sysc.retval)
+        self.proc.trace_event(None, "syscall_done", sysc=sysc.id, name=sysc.name, ret=sysc.retval)
         if sysc.ev_q is not None:
             self.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))
 
@@ -384,18 +437,18 @@ class Kernel:
         if fd not in (1, 2):
             return neg_errno(errno.EBADF)
         try:
-            text = self.sim.mem.read(buf, length).decode("utf-8", "replace")
+            text = self.proc.mem.read(buf, length).decode("utf-8", "replace")
         except MemError:
             return neg_errno(errno.EFAULT)
         self.console.append(text)
-        self.sim.trace_event(vc, "console", fd=fd, text=text)
+        self.proc.trace_event(vc, "console", fd=fd, text=text)
         return length
 
     def _mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = 0, off: int = 0) -> int:
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if length == 0 or prot & ~7:
             return neg_errno(errno.EINVAL)
-        mem = self.sim.mem
+        mem = self.proc.mem
         if flags & MAP_FIXED:
             if addr % PAGE_SIZE:
                 return neg_errno(errno.EINVAL)
@@ -415,7 +468,7 @@ class Kernel:
     def _munmap(self, addr: int, length: int) -> int:
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         try:
-            self.sim.mem.unmap(addr, length)
+            self.proc.mem.unmap(addr, length)
         except MemError:
             return neg_errno(errno.EINVAL)
         return 0
@@ -425,7 +478,7 @@ class Kernel:
         if prot & ~7:
             return neg_errno(errno.EINVAL)
         try:
-            self.sim.mem.protect(addr, length, Prot(prot))
+            self.proc.mem.protect(addr, length, Prot(prot))
         except MemError:
             return neg_errno(errno.ENOMEM)
         return 0

@@ -214,6 +214,7 @@ class AddressSpace:
             if backed:
                 buf[: len(backing)] = backing
         host = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        self._require_cpu("map")
         self.uc.mem_map_ptr(start, length, UC_PROT_ALL, host)
         i = bisect.bisect_left(self._starts, start)
         self._vmrs.insert(i, vmr)
@@ -224,6 +225,7 @@ class AddressSpace:
     def unmap(self, start: int, length: int) -> int:
         """Unmap every page in the range (holes allowed); returns the bytes unmapped."""
         _check_range("unmap", start, length)
+        self._require_cpu("unmap")
         end = start + length
         self._split_at(start)
         self._split_at(end)
@@ -394,10 +396,23 @@ class AddressSpace:
         vmr.buf[off : off + PAGE_SIZE] = self._backing_bytes(vmr, page, page + PAGE_SIZE)
         vmr.backed[(page - vmr.start) >> PAGE_SHIFT] = 1
 
+    def _require_cpu(self, what: str) -> None:
+        if self.uc is None:
+            raise MemError(f"{what}: the run is over and its CPU released; memory can be read and written, not remapped")
+
+    def release(self) -> None:
+        """Close the Unicorn instance (the run is over); the VMRs' bytes stay readable and writable."""
+        uc, self.uc = self.uc, None
+        if uc is not None:
+            uc._callbacks.clear()  # the hooks' bound methods point back at the Cpu
+            uc._Uc__finalizer()  # uc_close now, not whenever the collector gets to it
+
     def _changed(self, start: int, end: int, code: bool) -> None:
         from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
         self.generation += 1
+        if self.uc is None:
+            return
         # Cached TLB entries carry the old perms; translated code may be stale.
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         if code:

@@ -95,7 +95,7 @@ class RasHandler:
         (preemption, migration).  A pause it asked for (returning from a signal
         handler, whose chosen context is authoritative) is left alone."""
         if uth.interrupted is not None:
-            self.check(uth, uth.interrupted)
+            self.check(uth, uth.interrupted.value)
         return FaultStatus.CONTINUE_NEXT_HANDLER
 
     def on_resume(self, uth, ctx, why) -> FaultStatus:

@@ -1,21 +1,27 @@
-"""Uthread: a user-level thread (a greenlet plus a UserContext) and its state machines.
+"""Uthread: a user-level thread, its one lifecycle, and the vcore-context half of parlib's uthread.c.
 
-Two kinds share one type, as DESIGN.md says: a guest uthread runs emulated code
+Two kinds share one type, as in the design: a guest uthread runs emulated code
 from an entry address on its own guest stack; a Python uthread runs a Python
 function that calls the parlib API (and may run guest code on its own context
 with `call_guest`).  Names follow Akaros's parlib (user/parlib/uthread.c).
 
-Lifecycle (UthState):
+Lifecycle (UthState), one notion of each state:
 
     NOT_RUNNING --run_uthread--> RUNNING --yield/pause/stop/fault--> NOT_RUNNING
-    NOT_RUNNING --thread_exited--> EXITED            (terminal; ours, not Akaros's)
+    NOT_RUNNING --exit--> EXITED --join/detach (or detached at exit)--> REAPED
 
-Join state (JoinState), as parlib's join_ctl:
+EXITED means its code has finished and nobody has collected it yet; REAPED
+means the join or detach consumed it and the 2LS's thread_exited has run.
 
-    JOINABLE --exit--> EXITED --join--> (thread_exited)
-    JOINABLE --join--> HAS_JOINER --exit--> (joiner woken, thread_exited)
-    JOINABLE --detach--> DETACHED --exit--> (thread_exited)
-    EXITED --detach--> (thread_exited)
+Join state (JoinState), as parlib's join_ctl less its EXITED (which is
+UthState.EXITED here):
+
+    JOINABLE --join--> HAS_JOINER          JOINABLE --detach--> DETACHED
+
+The second half of this module is what Akaros runs in vcore context to start,
+resume and stop uthreads: run_uthread, run_current_uthread, the refl-fault
+hand-off, stop_current_uthread and __uthread_pause; and uthread_yield, the
+uthread-context side that enters vcore context.  Each takes the process.
 """
 
 from __future__ import annotations
@@ -26,51 +32,59 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from akaros_sim.context import UserContext
+from akaros_sim.engine import Entry, Interrupt
+from akaros_sim.interpose import FaultStatus, HandlerFailed
+from akaros_sim.kernel import SyscState
 
 if TYPE_CHECKING:
     from greenlet import greenlet
 
 
 class UthState(enum.Enum):
-    """Akaros's UT_RUNNING / UT_NOT_RUNNING, plus a terminal EXITED."""
+    """A uthread's lifecycle: Akaros's UT_RUNNING / UT_NOT_RUNNING, then EXITED and REAPED."""
 
     NOT_RUNNING = "not_running"
     RUNNING = "running"
     EXITED = "exited"
+    REAPED = "reaped"
 
 
 _UTH_TRANSITIONS = {
     UthState.NOT_RUNNING: {UthState.RUNNING, UthState.EXITED},
     UthState.RUNNING: {UthState.NOT_RUNNING},
-    UthState.EXITED: set(),
+    UthState.EXITED: {UthState.REAPED},
+    UthState.REAPED: set(),
 }
 
 
 class UthFlag(enum.IntFlag):
-    """Parlib's uthread flags (uthread.h)."""
+    """Parlib's uthread flags (uthread.h) that this simulator models."""
 
     NONE = 0
-    DONT_MIGRATE = 0x1
-    SAVED = 0x2
-    FPSAVED = 0x4
-    IS_THREAD0 = 0x8
+    DONT_MIGRATE = 0x1  # between deciding to yield and reaching vcore context: no stealing
+    SAVED = 0x2  # its context is in uth.ctx (not live on a vcore)
 
 
 class JoinState(enum.Enum):
-    """Parlib's join_ctl states."""
+    """Parlib's join_ctl states (values as in parlib); its EXITED is UthState.EXITED."""
 
     DETACHED = 1
     JOINABLE = 2
     HAS_JOINER = 3
-    EXITED = 4
 
 
 _JOIN_TRANSITIONS = {
-    JoinState.JOINABLE: {JoinState.EXITED, JoinState.HAS_JOINER, JoinState.DETACHED},
+    JoinState.JOINABLE: {JoinState.HAS_JOINER, JoinState.DETACHED},
     JoinState.HAS_JOINER: set(),
     JoinState.DETACHED: set(),
-    JoinState.EXITED: set(),
 }
+
+
+# uthread_has_blocked flags (uthread.h)
+UTH_EXT_BLK_MUTEX = 1
+UTH_EXT_BLK_EVENTQ = 2
+UTH_EXT_BLK_YIELD = 3
+UTH_EXT_BLK_MISC = 4
 
 
 class UthreadStateError(RuntimeError):
@@ -123,25 +137,24 @@ class Uthread:
         self.flags = int(UthFlag.SAVED)  # UthFlag bits, kept as a plain int (cheap arithmetic)
         self.sysc = None  # the syscall it is blocked on, if any
         self.join_state = JoinState.DETACHED if entry.detached else JoinState.JOINABLE
-        self.retval: Any = None
-        self.joiner: Uthread | None = None
+        self.joiner: Uthread | None = None  # who waits in uthread_join for it
+        self.join_kref = 0  # a joiner's kicker: runnable when both the exit and its own block are done
+        self.join_result: Any = None  # what the joined uthread returned (set for its joiner)
+        self.exit_value: Any = None  # what it returned or passed to uthread_exit
         self.notif_disabled_depth = 0
-        self.sync_next = None
         # saved machine state: registers for guest code (Python uthreads use it for call_guest)
         self.ctx = UserContext()
         self.stack_lo = 0  # guest stack [stack_lo, stack_hi), a guard page below
         self.stack_hi = 0
+        self.tls = 0  # guest address of its TLS block (fs_base): [0] vcore id, [8] uthread id
         # signals (parlib sigstate)
         self.sig_pending: tuple[int, int, int] | None = None  # (signo, code, addr) to deliver
         self.sigdata: int = 0  # guest address of the saved context while a handler runs
         # involuntary stops (RAS): why it was last stopped against its will, until it runs again
-        self.interrupted: str | None = None
-        self.tls = 0  # guest address of its TLS block (fs_base): [0] vcore id, [8] uthread id
+        self.interrupted: Interrupt | None = None
         # runtime (engine): the greenlet and where it runs
         self.greenlet: greenlet | None = None
         self.vcore = None  # the vcore it last ran on
-        self.exit_value: Any = None
-        self.has_exited = False  # its function returned or it called uthread_exit
         self.insns = 0  # guest instructions it has retired
 
     # -- state machines ------------------------------------------------------------
@@ -149,6 +162,11 @@ class Uthread:
     @property
     def state(self) -> UthState:
         return self._state
+
+    @property
+    def has_exited(self) -> bool:
+        """Its code has finished (EXITED or REAPED)."""
+        return self._state is UthState.EXITED or self._state is UthState.REAPED
 
     def set_state(self, new: UthState) -> None:
         if new not in _UTH_TRANSITIONS[self._state]:
@@ -164,3 +182,248 @@ class Uthread:
 
     def __repr__(self) -> str:
         return f"<Uthread {self.name!r} {self._state.name} {self.kind.value}>"
+
+
+class UthreadRunError(RuntimeError):
+    """A uthread started, resumed or stopped in a way parlib forbids (names the uthread and vcore)."""
+
+
+# Flags as plain ints on the hot path (IntFlag arithmetic costs microseconds).
+_SAVED = int(UthFlag.SAVED)
+_DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
+_NOT_RUNNING = UthState.NOT_RUNNING
+_RUNNING = UthState.RUNNING
+
+
+# -- vcore context: starting and resuming uthreads -------------------------------------------------
+
+
+def run_uthread(proc, vc, uth: Uthread) -> None:
+    """run_uthread: run uth, which must not be running, on vc (never returns)."""
+    if vc.current_uthread is not None:
+        raise UthreadRunError(
+            f"run_uthread({uth.name!r}): vcore {vc.id} still has current_uthread {vc.current_uthread.name!r}"
+        )
+    if uth._state is not _NOT_RUNNING:
+        raise UthreadRunError(f"run_uthread({uth.name!r}): expected NOT_RUNNING, it is {uth._state.name}")
+    if uth.ctx.fault_pending:
+        # a reflected fault still to handle (e.g. it was paused before its vcore saw it)
+        handle_refl_fault(proc, vc, uth)
+    _pop(proc, vc, uth, "run_uthread")
+
+
+def run_current_uthread(proc, vc) -> None:
+    """run_current_uthread: resume the uthread vc was interrupted from (never returns)."""
+    uth = vc.current_uthread
+    if uth is None:
+        raise UthreadRunError(f"run_current_uthread: vcore {vc.id} has no current_uthread")
+    if uth.ctx.fault_pending:
+        vc.current_uthread = None
+        uth.flags |= _SAVED
+        uth.set_state(_NOT_RUNNING)
+        handle_refl_fault(proc, vc, uth)
+    vc.current_uthread = None
+    _pop(proc, vc, uth, "run_current_uthread", resume=True)
+
+
+def handle_refl_fault(proc, vc, uth: Uthread) -> None:
+    """Give a reflected fault to sched_ops.thread_refl_fault; resume at once if a handler fixed it.
+
+    Otherwise the 2LS decided the uthread's fate and vcore context starts over.
+    """
+    uth.ctx.fault_pending = False  # clear_refl_fault: the trap fields stay readable
+    try:
+        status = proc.call_op("thread_refl_fault", uth, uth.ctx)
+    except HandlerFailed as failed:
+        proc.exit(-1, "exit", f"{failed}\n" + proc.fault_report(uth, "fault handler failed"))
+    if status is FaultStatus.FAULT_FIXED:
+        # fixed by an interposed handler: resume at once here; the 2LS never
+        # sees it, and the fix is authoritative (no RAS restart undoes it)
+        uth.interrupted = None
+        proc.trace_event(vc, "fault_fixed", uth=uth, rip=uth.ctx.rip)
+        _pop(proc, vc, uth, "fault_fixed")
+    proc.engine.restart_vcore_entry(vc)
+
+
+def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
+    """Load uth on vc and leave vcore context (pop_user_ctx)."""
+    engine = proc.engine
+    engine.advance(proc.costs.context_switch_ns)
+    if not resume:
+        uth.set_state(_RUNNING)
+    vc.current_uthread = uth
+    uth.vcore = vc
+    uth.flags &= ~_SAVED
+    proc.trace_event(vc, "run", uth=uth, how=how)
+    if uth.interrupted is not None:
+        why, uth.interrupted = uth.interrupted, None
+        proc.resume_chain(uth, uth.ctx, why.value)
+    if uth.tls:
+        proc.mem.write_u64(uth.tls, vc.id)  # the rseq-like cpu_id the guest reads at fs:[0]
+    if vc.notif_pending:
+        # pop_user_ctx never leaves vcore context with a notification pending
+        engine.restart_vcore_entry(vc)
+    vc.notif_disabled = False
+    engine.run_uthread(vc, uth)
+
+
+def stop_current_uthread(proc, vc) -> Uthread:
+    """stop_current_uthread: detach the interrupted uthread from vc (SAVED, NOT_RUNNING) and return it."""
+    uth = vc.current_uthread
+    if uth is None:
+        raise UthreadRunError(f"stop_current_uthread: vcore {vc.id} has no current_uthread")
+    vc.current_uthread = None
+    uth.flags |= _SAVED
+    uth.set_state(_NOT_RUNNING)
+    proc.trace_event(vc, "uthread_stop", target=uth.name)
+    return uth
+
+
+def uthread_pause(proc, vc, uth: Uthread, reason: str) -> None:
+    """__uthread_pause: copy the uthread out (SAVED, NOT_RUNNING) and give it to thread_paused."""
+    uth.flags |= _SAVED
+    uth.set_state(_NOT_RUNNING)
+    proc.trace_event(vc, "uthread_pause", target=uth.name, why=reason)
+    proc.call_op("thread_paused", uth)
+
+
+# -- uthread context: into vcore context --------------------------------------------------------------
+
+
+def uthread_yield(proc, vc, uth: Uthread, save_state: bool, yield_func, arg=None) -> None:
+    """uthread_yield: leave for vcore context, where yield_func(uth, arg) decides uth's fate.
+
+    Returns when uth runs again (possibly on another vcore).  Nothing between
+    the caller's decision and the switch spends time, so a spinlock the caller
+    holds is released by yield_func in vcore context with no window between.
+    """
+    uth.flags |= _DONT_MIGRATE
+    if save_state:
+        uth.flags |= _SAVED
+
+    def action(vc):
+        uth.flags &= ~_DONT_MIGRATE
+        uth.set_state(_NOT_RUNNING)
+        uth.notif_disabled_depth = 0
+        yield_func(uth, arg)
+        vc.current_uthread = None
+
+    proc.engine.enter_vcore_context(vc, Entry.YIELD, action)
+
+
+def syscall(proc, uth: Uthread, nr: int, args) -> int:
+    """A kernel syscall from uthread context; blocks the uthread if it does not complete at once.
+
+    Akaros's __ros_uth_syscall_blockon: the 2LS's thread_blockon_sysc decides
+    in vcore context, and the completion event makes the uthread runnable.
+    """
+    engine = proc.engine
+    engine.advance(proc.costs.syscall_entry_ns)
+    vc = engine.current
+    kernel = proc.kernel
+    sysc = kernel.new_syscall(nr, tuple(args))
+    proc.trace_event(vc, "syscall", uth=uth, sysc=sysc.id, name=sysc.name, args=tuple(args))
+    kernel.submit(sysc, vc)
+    if sysc.state is SyscState.PENDING:
+        engine.advance(proc.costs.python_step_ns)  # a completion meanwhile is caught by register_evq
+        uthread_yield(proc, engine.current, uth, True, lambda uth, sysc: blockon_sysc(proc, uth, sysc), sysc)
+    return sysc.retval
+
+
+def blockon_sysc(proc, uth: Uthread, sysc) -> None:
+    """Vcore context: uth waits for sysc (thread_blockon_sysc; also the 2LS's async fault path)."""
+    sysc.u_data = uth
+    uth.sysc = sysc
+    proc.call_op("thread_blockon_sysc", uth, sysc)
+
+
+# -- exit, join, detach (parlib's join_ctl) ------------------------------------------------------------
+
+
+def uthread_exit(proc, uth: Uthread, retval) -> None:
+    """Uthread context: end uth with retval (never returns)."""
+    proc.engine.advance(proc.costs.python_step_ns)
+    uthread_yield(proc, proc.engine.current, uth, False, lambda uth, retval: _exit_cb(proc, uth, retval), retval)
+    raise UthreadRunError(f"uthread_exit: exited uthread {uth.name!r} was run again")
+
+
+def _exit_cb(proc, uth: Uthread, retval) -> None:
+    # Every read and write of the join state here happens before the first op
+    # call (the first point where time passes), so it is atomic, like parlib's CAS.
+    uth.exit_value = retval
+    uth.set_state(UthState.EXITED)
+    proc.live -= 1
+    proc.trace_event(None, "uthread_exit", target=uth.name, join=uth.join_state.name, retval=_plain(retval))
+    if uth.join_state is JoinState.DETACHED:
+        reap(proc, uth)
+    elif uth.join_state is JoinState.HAS_JOINER:
+        joiner = uth.joiner
+        joiner.join_result = retval
+        reap(proc, uth)
+        _join_kick(proc, joiner)
+    # JOINABLE: it waits, EXITED, for a join or a detach to reap it
+
+
+def reap(proc, uth: Uthread) -> None:
+    """The join or detach consumed an exited uthread: REAPED, then the 2LS's thread_exited."""
+    uth.set_state(UthState.REAPED)
+    proc.call_op("thread_exited", uth)
+
+
+def _join_kick(proc, joiner: Uthread) -> None:
+    """One of the two things a joiner waits for is done (its own block, the target's exit)."""
+    joiner.join_kref -= 1
+    if joiner.join_kref == 0:
+        proc.call_op("thread_runnable", joiner)
+
+
+def uthread_join(proc, uth: Uthread, target: Uthread):
+    """Uthread context: wait for target to exit and reap it; returns its value (None if it was detached)."""
+    if target is uth:
+        raise UthreadRunError(f"uthread_join: {uth.name!r} cannot join itself")
+    proc.engine.advance(proc.costs.python_step_ns)
+    if target.state is UthState.REAPED:
+        raise UthreadRunError(f"uthread_join({target.name!r}): it has been reaped already (joined or detached)")
+    if target.join_state is not JoinState.JOINABLE:
+        raise UthreadRunError(f"uthread_join({target.name!r}) from {uth.name!r}: target is {target.join_state.name}")
+    if target.state is UthState.EXITED:
+        reap(proc, target)
+        return target.exit_value
+    target.set_join_state(JoinState.HAS_JOINER)
+    target.joiner = uth
+    uth.join_kref = 2  # the target's exit and this uthread's block: runnable after both
+
+    def join_cb(uth, _target):
+        proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MISC)
+        _join_kick(proc, uth)
+
+    uthread_yield(proc, proc.engine.current, uth, True, join_cb, target)
+    result, uth.join_result = uth.join_result, None
+    return result
+
+
+def uthread_detach(proc, target: Uthread) -> None:
+    """Detach target: it is reaped when it exits (now, if it already has)."""
+    if target.state is UthState.REAPED:
+        raise UthreadRunError(f"uthread_detach({target.name!r}): it has been reaped already (joined or detached)")
+    if target.join_state is not JoinState.JOINABLE:
+        raise UthreadRunError(f"uthread_detach({target.name!r}): target is {target.join_state.name}")
+    if target.state is UthState.EXITED:
+        reap(proc, target)
+        return
+    target.set_join_state(JoinState.DETACHED)
+
+
+def _plain(value):
+    return value if value is None or isinstance(value, (bool, int, str)) else type(value).__name__
+
+
+def uthread_sched_yield(proc, uth: Uthread) -> None:
+    """pthread_yield: go to the back of the 2LS's queue (has_blocked YIELD, then runnable)."""
+    proc.engine.advance(proc.costs.python_step_ns)
+
+    def cb(uth, _arg):
+        proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_YIELD)
+        proc.call_op("thread_runnable", uth)
+
+    uthread_yield(proc, proc.engine.current, uth, True, cb)

@@ -27,7 +27,7 @@ from akaros_sim.parlib import (
     uthread_init,
     vcore_yield,
 )
-from akaros_sim.uthread import JoinState, Uthread, UthFlag
+from akaros_sim.uthread import JoinState, Uthread
 
 
 class Thread0Error(RuntimeError):
@@ -90,7 +90,6 @@ class Thread0Sched:
         if self.thread0 is not None:
             raise Thread0Error(f"thread0 2LS asked to create more threads ({entry.name!r} after {self.thread0.name!r})")
         uth = Uthread(entry)
-        uth.flags |= UthFlag.IS_THREAD0
         uth.join_state = JoinState.DETACHED  # thread0 is detached: its exit ends the process
         uthread_init(uth)
         self.thread0 = uth

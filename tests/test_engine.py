@@ -7,7 +7,7 @@ import pytest
 from greenlet import greenlet
 
 from akaros_sim import parlib
-from akaros_sim.engine import Costs, Engine, EngineError, Vcore, VcoreState
+from akaros_sim.engine import Costs, Engine, EngineError, Entry, Vcore, VcoreState
 from akaros_sim.simulation import RunEnd, Simulation
 from akaros_sim.uthread import Uthread, UthreadEntry
 from scripted_2ls import Fifo2LS, spin_insns, spin_sim
@@ -32,6 +32,7 @@ def test_costs_defaults_are_the_documented_values():
         "slice_insns": 10_000,
         "vcore_quantum_ns": 2_000,
         "python_step_ns": 20,
+        "spin_ns": 20,
     }
     assert list(attrs.asdict(Costs())) == [f.name for f in attrs.fields(Costs)]
 
@@ -77,7 +78,7 @@ def test_insn_ns_scales_a_guest_loops_virtual_time():
 
 
 def _engine(nvcores: int = 2) -> Engine:
-    return Engine(None, nvcores, Costs())
+    return Engine(nvcores, Costs(), owner=None, vcore_entry=None, uthread_body=None, crash=None)
 
 
 def _drain(engine: Engine) -> list:
@@ -119,12 +120,12 @@ def test_event_in_the_past_runs_now():
 
 
 def test_schedule_lowers_the_running_vcores_horizon():
-    """A new event earlier than the horizon becomes the horizon (the running vcore stops there)."""
+    """A new event at or before the horizon pulls it to just before the event (the event goes first at its time)."""
     engine = _engine()
     engine.horizon = 1000
     engine.schedule(600, "test", lambda: ())
     engine.schedule(800, "test", lambda: ())
-    assert engine.horizon == 600
+    assert engine.horizon == 599
 
 
 def test_injections_run_at_their_time_first_come_first_served_between_uthread_steps():
@@ -183,14 +184,16 @@ def test_next_vcore_is_furthest_behind_ties_by_id(clocks, expected):
 
 
 def test_horizon_is_the_next_event_or_the_closest_other_vcore_or_the_budget():
-    """A vcore may run up to the earliest of: next event, another online vcore's clock, the time budget."""
+    """A vcore may act up to the earliest of: just before the next event, a higher-numbered peer's clock,
+    just before a lower-numbered peer's clock, just before the time budget (turns go by time, events, id)."""
     engine = _engine(3)
     _online(engine, [100, 700, 400])
     assert engine.compute_horizon(engine.vcores[0]) == 400
+    assert engine.compute_horizon(engine.vcores[2]) == 99
     engine.schedule(250, "test", lambda: ())
-    assert engine.compute_horizon(engine.vcores[0]) == 250
+    assert engine.compute_horizon(engine.vcores[0]) == 249
     engine.until = 200
-    assert engine.compute_horizon(engine.vcores[0]) == 200
+    assert engine.compute_horizon(engine.vcores[0]) == 199
 
 
 class _Pinned3(Fifo2LS):
@@ -248,7 +251,7 @@ def test_enter_uthread_outside_vcore_context_is_a_named_error():
     engine = _engine(1)
     uth = Uthread(UthreadEntry.python("t", lambda: None))
     with pytest.raises(EngineError) as info:
-        engine.enter_uthread(engine.vcores[0], uth)
+        engine.run_uthread(engine.vcores[0], uth)
     assert str(info.value) == "vcore 0: run_uthread('t') called outside its vcore context"
 
 
@@ -258,7 +261,7 @@ def test_enter_vcore_context_from_vcore_context_is_a_named_error():
     vc = engine.vcores[0]
     vc.in_vcore_ctx = True
     with pytest.raises(EngineError) as info:
-        engine.enter_vcore_context(vc, "notify")
+        engine.enter_vcore_context(vc, Entry.NOTIFY)
     assert str(info.value) == "vcore 0: entering vcore context (notify) from outside a uthread"
 
 
@@ -268,7 +271,8 @@ class _ReturningEntry(Fifo2LS):
 
 
 def test_sched_entry_that_returns_is_a_named_error():
-    """A 2LS whose sched_entry returns (instead of running a uthread or yielding) stops the run loudly."""
+    """A 2LS whose sched_entry returns (instead of running a uthread or yielding) ends the process with a report."""
     sim = spin_sim(_ReturningEntry(), spin=(10, 1))
-    with pytest.raises(EngineError, match=r"^vcore 0: sched_entry returned"):
-        sim.run()
+    result = sim.run()
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    assert result.report.startswith("EngineError: vcore 0: sched_entry returned")

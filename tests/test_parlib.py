@@ -238,7 +238,7 @@ def test_join_of_an_exited_thread_returns_at_once_and_reaps_it_then():
 
     sim.spawn_python("main", main)
     sim.run()
-    assert log == [("c exited", True, "EXITED", "NOT_RUNNING"), ("join", 42, "EXITED")]
+    assert log == [("c exited", True, "JOINABLE", "EXITED"), ("join", 42, "REAPED")]
     recs = sim.trace.of_kind("op", "run", "uthread_exit", "uthread_cleanup", "vcore_entry")
     start = [r.kind for r in recs].index("uthread_exit")
     assert [(r.kind, r.get("op") or r.get("target") or r.uth, r.uth) for r in recs[start:]] == [

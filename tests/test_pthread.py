@@ -267,20 +267,10 @@ def test_thread_blockon_sysc_gets_the_pending_syscall():
     assert sim.uthread("s").sysc is None  # restart_thread cleared it
 
 
-class _KernelFirstPthread(PthreadSched):
-    """PthreadSched whose thread_blockon_sysc lets the engine run due kernel events before it registers."""
-
-    def thread_blockon_sysc(self, uth, sysc) -> None:
-        # The yield callback runs before the engine gets control (vcore_entry yields after it),
-        # so a completion due meanwhile is delivered only here.
-        parlib.current_sim().engine.maybe_yield()
-        super().thread_blockon_sysc(uth, sysc)
-
-
 def test_syscall_done_before_register_evq_restarts_at_once():
     """A zero-latency SYS_block is DONE before thread_blockon_sysc registers: requeued at once, no event."""
     sim = Simulation(vcores=1, seed=1)
-    sim.set_sched(_KernelFirstPthread())
+    sim.set_sched(PthreadSched())
     sim.set_syscall_latency(SYS_block, 0)
     rets = []
     sim.spawn_python("z", lambda: rets.append(parlib.syscall(SYS_block, 0)))
@@ -296,9 +286,9 @@ def test_syscall_done_before_register_evq_restarts_at_once():
         ("op sched_entry", ""),
         ("run", "z"),
         ("syscall", "z"),
+        ("syscall_done", ""),  # done at once, before register_evq, which fails: restart_thread right away
         ("vcore_entry", "z"),
         ("op thread_blockon_sysc", "z"),
-        ("syscall_done", ""),  # before register_evq, which fails: restart_thread right away
         ("op sched_entry", ""),
         ("run", "z"),
         ("vcore_entry", "z"),

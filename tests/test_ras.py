@@ -293,8 +293,11 @@ def test_a_preempted_uthread_is_restarted_when_stolen_and_finishes_on_another_vc
 
 
 def test_a_warned_preemption_pauses_and_restarts_the_uthread():
-    """With a warning, vcore 1 hands B back itself (preempt_pending) and yields; B restarts (why=notify)."""
-    sim, _ = steal_run(warning_ns=500)
+    """With a warning, vcore 1 hands B back itself (preempt_pending) and yields; B restarts (why=notify).
+
+    The warning must outlast the notification's path: vcore entry, the event and the op take 500 ns.
+    """
+    sim, _ = steal_run(warning_ns=1000)
     b = sim.uthread("b")
     kinds = {"run", "uthread_pause", "ras_restart", "uthread_exit"}
     assert involving(sim, "b", kinds) == [

@@ -362,9 +362,9 @@ def test_an_op_removed_at_run_time_is_a_named_error():
         parlib.uthread_sched_yield()
 
     sim.spawn_python("a", a)
-    with pytest.raises(SimulationError) as info:
-        sim.run()
-    assert str(info.value) == "sched_ops 'pthread': op thread_has_blocked is missing"
+    result = sim.run()
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    assert result.report.splitlines()[0] == "ProcessError: sched_ops 'pthread': op thread_has_blocked is missing"
 
 
 def test_without_thread_bulk_runnable_broadcast_wakes_each_waiter_through_thread_runnable():

@@ -113,9 +113,10 @@ def test_run_ends_idle_when_a_mutex_is_never_unlocked():
     assert (result.end, result.exit_status) == (RunEnd.IDLE, None)
     assert sim.kernel.state is ProcState.WAITING
     kinds = ("uthread_exit", "mutex_block", "vcore_online", "vcore_offline")
+    # vcore 1's grant falls due after vcore 0 has yielded and lowered amt_wanted: it never comes online
     assert [(r.kind, r.vc, r.uth) for r in sim.trace.of_kind(*kinds)] == [
         ("vcore_online", 0, ""), ("uthread_exit", 0, "holder"), ("mutex_block", 0, "waiter"),
-        ("vcore_online", 1, ""), ("vcore_offline", 0, ""), ("vcore_offline", 1, ""),
+        ("vcore_offline", 0, ""),
     ]  # fmt: skip
 
 

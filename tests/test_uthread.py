@@ -1,4 +1,4 @@
-"""Uthread: the UthState and JoinState transition tables, entries, and a uthread's life in a run."""
+"""Uthread: the one lifecycle (UthState) and the JoinState tables, entries, and a uthread's life in a run."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ UTH_LEGAL = {
     (UthState.NOT_RUNNING, UthState.RUNNING),
     (UthState.NOT_RUNNING, UthState.EXITED),
     (UthState.RUNNING, UthState.NOT_RUNNING),
+    (UthState.EXITED, UthState.REAPED),
 }
 JOIN_LEGAL = {
-    (JoinState.JOINABLE, JoinState.EXITED),
     (JoinState.JOINABLE, JoinState.HAS_JOINER),
     (JoinState.JOINABLE, JoinState.DETACHED),
 }
@@ -73,7 +73,7 @@ def test_illegal_uth_transitions_raise_naming_uthread_and_both_states(old, new):
 
 @pytest.mark.parametrize("old,new", sorted(JOIN_LEGAL, key=lambda p: (p[0].value, p[1].value)))
 def test_legal_join_transitions_are_taken(old, new):
-    """JOINABLE goes to EXITED (exit), HAS_JOINER (join) or DETACHED (detach)."""
+    """JOINABLE goes to HAS_JOINER (join) or DETACHED (detach); an exit changes the UthState, not this."""
     uth = _uth(join=old)
     uth.set_join_state(new)
     assert uth.join_state is new
@@ -85,7 +85,7 @@ def test_legal_join_transitions_are_taken(old, new):
     ids=lambda s: s.name,
 )
 def test_illegal_join_transitions_raise_naming_uthread_and_both_states(old, new):
-    """Leaving HAS_JOINER, DETACHED or EXITED, or staying in JOINABLE, raises UthreadStateError."""
+    """Leaving HAS_JOINER or DETACHED, or staying in JOINABLE, raises UthreadStateError."""
     uth = _uth("joiner-3", join=old)
     with pytest.raises(UthreadStateError) as info:
         uth.set_join_state(new)
@@ -94,17 +94,13 @@ def test_illegal_join_transitions_raise_naming_uthread_and_both_states(old, new)
 
 
 def test_join_state_numbers_are_parlibs():
-    """JoinState values are parlib's join_ctl numbers: DETACHED 1, JOINABLE 2, HAS_JOINER 3, EXITED 4."""
-    assert [(s.name, s.value) for s in JoinState] == [
-        ("DETACHED", 1), ("JOINABLE", 2), ("HAS_JOINER", 3), ("EXITED", 4),
-    ]  # fmt: skip
+    """JoinState values are parlib's join_ctl numbers: DETACHED 1, JOINABLE 2, HAS_JOINER 3 (its EXITED is UthState's)."""
+    assert [(s.name, s.value) for s in JoinState] == [("DETACHED", 1), ("JOINABLE", 2), ("HAS_JOINER", 3)]
 
 
 def test_uth_flags_are_parlibs():
-    """UthFlag bits are uthread.h's: DONT_MIGRATE 0x1, SAVED 0x2, FPSAVED 0x4, IS_THREAD0 0x8."""
-    assert [(f.name, int(f)) for f in UthFlag if f] == [
-        ("DONT_MIGRATE", 1), ("SAVED", 2), ("FPSAVED", 4), ("IS_THREAD0", 8),
-    ]  # fmt: skip
+    """UthFlag bits are uthread.h's for the flags modelled: DONT_MIGRATE 0x1, SAVED 0x2."""
+    assert [(f.name, int(f)) for f in UthFlag if f] == [("DONT_MIGRATE", 1), ("SAVED", 2)]
 
 
 # -- entries and a new uthread --------------------------------------------------------------
@@ -136,7 +132,7 @@ def test_python_entry_needs_a_callable():
 
 
 def test_states_seen_over_a_uthreads_life():
-    """A uthread is RUNNING while it runs, NOT_RUNNING while another runs, EXITED once reaped."""
+    """A uthread is RUNNING while it runs, NOT_RUNNING while another runs, EXITED when done, REAPED once joined."""
     sim = Simulation(vcores=1, seed=1)
     sim.set_sched(PthreadSched())
     seen = []
@@ -157,10 +153,10 @@ def test_states_seen_over_a_uthreads_life():
     assert seen == [
         ("a sees a", "RUNNING", "a sees b", "NOT_RUNNING"),
         ("b sees a", "NOT_RUNNING"),
-        ("a joins b", "b-done", "EXITED", "EXITED"),
+        ("a joins b", "b-done", "REAPED", "JOINABLE"),
     ]
     assert (sim.uthread("a").state, sim.uthread("a").has_exited, sim.uthread("a").exit_value) == (
-        UthState.NOT_RUNNING, True, None,
+        UthState.EXITED, True, None,
     )  # fmt: skip
 
 

@@ -51,16 +51,16 @@ def test_peer_steals_a_preempted_guest_uthread_which_finishes_exactly_as_unpreem
         (2450, 1, "short", "run", {"how": "run_uthread"}),
         (5000, 0, "long", "preempt", {"in_vcore_ctx": False, "uthread": "long", "until": 1_005_000}),
         (5000, 1, "short", "event_post", {"ev_type": 3, "arg2": 0}),
-        (5001, 1, "short", "notify", {}),
-        (5451, 1, "short", "event", {"ev_type": 3, "arg2": 0}),
-        (5451, 1, "short", "preempt_recover", {"victim": 0, "stolen": "long"}),
-        (5451, 1, "short", "uthread_pause", {"target": "long", "why": "preempted"}),
-        (5501, 1, "long", "op", {"op": "thread_paused", "args": ("long",)}),
-        (5701, 1, "short", "run", {"how": "run_current_uthread"}),  # the interrupted uthread, not the stolen one
+        (5000, 1, "short", "notify", {}),
+        (5450, 1, "short", "event", {"ev_type": 3, "arg2": 0}),
+        (5450, 1, "short", "preempt_recover", {"victim": 0, "stolen": "long"}),
+        (5450, 1, "short", "uthread_pause", {"target": "long", "why": "preempted"}),
+        (5500, 1, "long", "op", {"op": "thread_paused", "args": ("long",)}),
+        (5700, 1, "short", "run", {"how": "run_current_uthread"}),  # the interrupted uthread, not the stolen one
         (15_327, 1, "short", "uthread_exit", {"target": "short", "join": "JOINABLE",
                                               "retval": unpreempted.uthread("short").exit_value}),
         (15_477, 1, "long", "run", {"how": "run_uthread"}),  # on the other vcore
-        (131_203, 1, "long", "uthread_exit", {"target": "long", "join": "JOINABLE",
+        (131_204, 1, "long", "uthread_exit", {"target": "long", "join": "JOINABLE",
                                               "retval": unpreempted.uthread("long").exit_value}),
     ]  # fmt: skip
     # not one instruction lost or repeated: same count, same final registers
@@ -68,8 +68,8 @@ def test_peer_steals_a_preempted_guest_uthread_which_finishes_exactly_as_unpreem
     for name in ("long", "short"):
         assert sim.uthread(name).ctx.regs() == unpreempted.uthread(name).ctx.regs()
     assert [(s.vcore, s.uthread_ns, s.preemptions) for s in result.vcores] == [
-        (0, 4451, 1),
-        (1, result.insns - 4451, 0),
+        (0, 4450, 1),
+        (1, result.insns - 4450, 0),
     ]
 
 
@@ -84,7 +84,7 @@ def test_preempted_vcore_comes_back_after_the_duration_while_still_wanted(unpree
         (2150, 1, "", "vcore_online", {"how": "start", "amt_wanted": 2}),
         (2450, 1, "short", "run", {"how": "run_uthread"}),
         (5000, 0, "long", "preempt", {"in_vcore_ctx": False, "uthread": "long", "until": 10_000}),
-        (5701, 1, "short", "run", {"how": "run_current_uthread"}),
+        (5700, 1, "short", "run", {"how": "run_current_uthread"}),
         (back, 0, "", "vcore_online", {"how": "start", "amt_wanted": 2}),
         (back + 300, 0, "long", "run", {"how": "run_uthread"}),  # back on vcore 0, from where it stopped
     ]
@@ -104,15 +104,15 @@ def test_preempt_warning_hands_the_uthread_back_and_yields_nicely(unpreempted):
     assert _story(sim, *kinds, ops=("preempt_pending", "thread_paused"))[2:10] == [
         (5000, 0, "long", "preempt_warn", {"deadline": 8000}),
         (5000, 0, "long", "event_post", {"ev_type": 1, "arg2": 0}),
-        (5001, 0, "long", "notify", {}),
-        (5151, 0, "long", "vcore_entry", {"why": "notify", "cur": "long"}),
-        (5451, 0, "long", "event", {"ev_type": 1, "arg2": 0}),
-        (5501, 0, "long", "op", {"op": "preempt_pending", "args": ()}),
-        (5501, 0, "", "uthread_pause", {"target": "long", "why": "preempt_pending"}),
-        (5551, 0, "long", "op", {"op": "thread_paused", "args": ("long",)}),
+        (5000, 0, "long", "notify", {}),
+        (5150, 0, "long", "vcore_entry", {"why": "notify", "cur": "long"}),
+        (5450, 0, "long", "event", {"ev_type": 1, "arg2": 0}),
+        (5500, 0, "long", "op", {"op": "preempt_pending", "args": ()}),
+        (5500, 0, "", "uthread_pause", {"target": "long", "why": "preempt_pending"}),
+        (5550, 0, "long", "op", {"op": "thread_paused", "args": ("long",)}),
     ]
     offline = sim.trace.of_kind("vcore_offline")[0]
-    assert (offline.t, offline.vc, offline.details) == (5651, 0, (("nice", True), ("amt_wanted", 2)))
+    assert (offline.t, offline.vc, offline.details) == (5650, 0, (("nice", True), ("amt_wanted", 2)))
     assert sim.trace.of_kind("preempt") == []  # it left before the deadline: nothing to take by force
     assert sim.uthread("long").ctx.regs() == unpreempted.uthread("long").ctx.regs()
 
@@ -131,8 +131,7 @@ class _SlowToNotice(Fifo2LS):
     def preempt_pending(self) -> None:
         engine = parlib.current_sim().engine
         for _ in range(5):
-            engine.charge(1000)
-            engine.maybe_yield()  # let the engine run the deadline
+            engine.advance(1000)  # the engine runs the deadline meanwhile
 
 
 def test_warning_not_acted_on_in_time_becomes_a_preemption_in_vcore_context(unpreempted):
@@ -145,8 +144,8 @@ def test_warning_not_acted_on_in_time_becomes_a_preemption_in_vcore_context(unpr
     assert _story(sim, *kinds)[4:10] == [
         (5000, 0, "long", "preempt_warn", {"deadline": 7000}),
         (7000, 0, "long", "preempt", {"in_vcore_ctx": True, "uthread": "long", "until": 11_000}),
-        (7451, 1, "short", "preempt_recover", {"victim": 0, "stolen": None}),  # nothing to steal
-        (7601, 1, "short", "run", {"how": "run_current_uthread"}),
+        (7450, 1, "short", "preempt_recover", {"victim": 0, "stolen": None}),  # nothing to steal
+        (7600, 1, "short", "run", {"how": "run_current_uthread"}),
         (13_000, 0, "long", "vcore_online", {"how": "resume_vcore_ctx", "amt_wanted": 2}),
         (16_000, 0, "", "uthread_pause", {"target": "long", "why": "preempt_pending"}),
     ]
@@ -189,11 +188,11 @@ def test_event_for_a_busy_vcore_interrupts_its_uthread_and_pthread_resumes_the_s
         (1120, 0, "spin", "run", {"how": "run_uthread"}),
         (3750, -1, "", "syscall_done", {"sysc": 1, "name": "block", "ret": 0}),
         (3750, 0, "spin", "event_post", {"ev_type": 10, "arg2": 0}),
-        (3751, 0, "spin", "notify", {}),
-        (3901, 0, "spin", "vcore_entry", {"why": "notify", "cur": "spin"}),
-        (4201, 0, "spin", "event", {"ev_type": 10, "arg2": 0}),
-        (4301, 0, "spin", "op", {"op": "sched_entry", "args": ()}),
-        (4401, 0, "spin", "run", {"how": "run_current_uthread"}),  # same uthread, same vcore
+        (3750, 0, "spin", "notify", {}),
+        (3900, 0, "spin", "vcore_entry", {"why": "notify", "cur": "spin"}),
+        (4200, 0, "spin", "event", {"ev_type": 10, "arg2": 0}),
+        (4300, 0, "spin", "op", {"op": "sched_entry", "args": ()}),
+        (4400, 0, "spin", "run", {"how": "run_current_uthread"}),  # same uthread, same vcore
         (13_947, 0, "spin", "vcore_entry", {"why": "yield", "cur": "spin"}),
         (13_997, 0, "", "op", {"op": "sched_entry", "args": ()}),
         (14_097, 0, "sleeper", "run", {"how": "run_uthread"}),
@@ -222,11 +221,11 @@ def test_handle_events_runs_registered_handlers_in_posting_order_in_vcore_contex
     for arg in (1, 2):
         sim.at(2000, f"ipi {arg}", sim.kernel.send_event, parlib.get_eventq(0), EventMsg(EV_USER_IPI, arg2=arg))
     assert sim.run().end is RunEnd.ALL_EXITED
-    # notify at 2001, vcore entry 150, then 300 per message delivered
-    assert seen == [(1, EV_USER_IPI, 2451, True, "worker"), (2, EV_USER_IPI, 2751, True, "worker")]
+    # notify at 2000, vcore entry 150, then 300 per message delivered
+    assert seen == [(1, EV_USER_IPI, 2450, True, "worker"), (2, EV_USER_IPI, 2750, True, "worker")]
     # then sched_entry (50) and the context switch (100) back into the same uthread
     assert [(r.t, r.get("how")) for r in sim.trace.of_kind("run")] == [(450, "run_uthread"),
-                                                                     (2901, "run_current_uthread")]
+                                                                     (2900, "run_current_uthread")]
 
 
 # -- vcore ticks ----------------------------------------------------------------------------------------
@@ -262,13 +261,13 @@ def test_vcore_tick_interrupts_the_uthread_and_vcore_tick_poll_counts_it():
     sim = spin_sim(sched, 1, spin=(2000, 1))
     assert sim.run().end is RunEnd.ALL_EXITED
     # the tick is periodic in virtual time: 350 (enabled) + k * 3000, however long each entry took
-    assert sched.polls == [(350, 0), (3551, 1), (6551, 1), (9551, 1), (12_551, 1), (13_877, 0)]
+    assert sched.polls == [(350, 0), (3550, 1), (6550, 1), (9550, 1), (12_550, 1), (13_877, 0)]
     assert [(r.t, r.kind, r.get("how")) for r in sim.trace.of_kind("tick", "run")] == [
         (450, "run", "run_uthread"),
-        (3350, "tick", None), (3651, "run", "run_current_uthread"),
-        (6350, "tick", None), (6651, "run", "run_current_uthread"),
-        (9350, "tick", None), (9651, "run", "run_current_uthread"),
-        (12_350, "tick", None), (12_651, "run", "run_current_uthread"),
+        (3350, "tick", None), (3650, "run", "run_current_uthread"),
+        (6350, "tick", None), (6650, "run", "run_current_uthread"),
+        (9350, "tick", None), (9650, "run", "run_current_uthread"),
+        (12_350, "tick", None), (12_650, "run", "run_current_uthread"),
     ]  # fmt: skip
 
 

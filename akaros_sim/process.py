@@ -1,0 +1,302 @@
+"""Process: what one simulated process's rooms share, its set-up, its run loop and its teardown.
+
+The rooms (engine, kernel, guest executor, signals, vcore context, parlib)
+each do one job; the Process holds what they share: memory and CPU, the
+clocks, the 2LS's table, the uthreads, the trace, the seeded RNG.  It also
+lays out what the runtime owns in guest memory (the vdso trampolines, stacks
+with guard pages, per-uthread TLS) and tears everything down after the run:
+every greenlet ended, the Unicorn instance released, nothing pointing back
+at the Simulation that wraps it (so that is freed by reference counting).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import traceback
+import weakref
+
+from greenlet import getcurrent
+
+from akaros_sim.context import TrapNr, UserContext
+from akaros_sim.cpu import Cpu
+from akaros_sim.disasm import describe_insn
+from akaros_sim.engine import Costs, Engine, Entry, RunEnd, VcoreState
+from akaros_sim.guest import Guest, trap_insn_addr
+from akaros_sim.interpose import HandlerChain
+from akaros_sim.kernel import SYS_guest_return, SYS_sigreturn, SYS_uthread_exit, Kernel, ProcState
+from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
+from akaros_sim.signals import Signals
+from akaros_sim.uthread import Uthread, UthreadKind, uthread_exit
+from akaros_sim.uthread import syscall as uthread_syscall
+from akaros_sim.vcore import vcore_entry
+
+# Guest layout the runtime owns.
+VDSO = 0x7FFF_FFFE_0000  # runtime trampolines (R-X)
+STACK_AREA = 0x7FF0_0000_0000  # guest stacks grow down from here, one slot per uthread
+DEFAULT_STACK = 64 * 1024
+TLS_AREA = 0x7FE0_0000_0000  # per-uthread TLS blocks (fs_base), lazily backed
+TLS_AREA_SIZE = 16 << 20
+TLS_SLOT = 64
+
+# vdso trampolines: where a returning guest uthread, signal handler or call_guest lands.
+VDSO_EXIT = VDSO  # mov rdi, rax; mov eax, SYS_uthread_exit; syscall; ud2
+VDSO_SIGRETURN = VDSO + 0x20  # mov eax, SYS_sigreturn; syscall; ud2
+VDSO_GUEST_RETURN = VDSO + 0x40  # mov rdi, rax; mov eax, SYS_guest_return; syscall; ud2
+_VDSO_CODE = {
+    VDSO_EXIT: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_uthread_exit) + b"\x0f\x05\x0f\x0b",
+    VDSO_SIGRETURN: b"\xb8" + struct.pack("<I", SYS_sigreturn) + b"\x0f\x05\x0f\x0b",
+    VDSO_GUEST_RETURN: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_guest_return) + b"\x0f\x05\x0f\x0b",
+}
+_ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
+U64 = (1 << 64) - 1
+
+
+class ProcessError(RuntimeError):
+    """Bad use of a process (the message names the object at fault)."""
+
+
+class Process:
+    """One process's shared state.  Lifecycle: built -> set up (2LS, programs, threads) -> run once -> closed."""
+
+    def __init__(self, vcores: int, seed: int, costs: Costs, trace, facade) -> None:
+        self.costs = costs
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.trace = trace
+        self._facade = weakref.ref(facade)  # the Simulation: never held strongly from inside
+        # the machine
+        self.mem = AddressSpace()
+        self.cpu = Cpu(self.mem)
+        # the rooms
+        self.engine = Engine(vcores, costs, owner=self, vcore_entry=self._vcore_entry,
+                             uthread_body=self._uthread_body, crash=self.crash)  # fmt: skip
+        self.kernel = Kernel(self, vcores)
+        self.guest = Guest(self)
+        self.signals = Signals(self, VDSO_SIGRETURN)
+        self.cpu.tsc = self.guest.tsc
+        # the 2LS and its interposition
+        self.ops = None
+        self.ev_handlers: dict[int, list] = {}
+        self.chains: dict[str, HandlerChain] = {}  # op name -> the process's own chain on it
+        self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, self.trace_chain, False, False)
+        self.extable = None  # the ExtableHandler, once a program with an extable is loaded
+        self.ras = None  # the RasHandler, once a sequence is declared
+        # uthreads and programs
+        self.uthreads: list[Uthread] = []
+        self.programs: dict = {}
+        self.pending_threads: list = []
+        self.live = 0  # uthreads created and not yet exited
+        self.started = False
+        self.finished = False  # set when run() is over: parlib then refuses to act
+        self._next_stack = STACK_AREA
+        self._tls_next = 0
+        self.mem.map(VDSO, PAGE_SIZE, Prot.READ | Prot.EXEC, "vdso", backing=self._vdso_bytes())
+
+    @property
+    def facade(self):
+        """The Simulation this process belongs to (None once it has been dropped)."""
+        return self._facade()
+
+    @staticmethod
+    def _vdso_bytes() -> bytes:
+        page = bytearray(PAGE_SIZE)
+        for addr, code in _VDSO_CODE.items():
+            page[addr - VDSO : addr - VDSO + len(code)] = code
+        return bytes(page)
+
+    # -- records ------------------------------------------------------------------------
+
+    def trace_event(self, vc, kind: str, /, uth=None, **details) -> None:
+        """Record one transition at the acting code's time; the vcore and uthread default to the running ones.
+
+        Runtime details are plain values by construction, so they skip the checks
+        `Trace.emit` makes for records from user code.
+        """
+        engine = self.engine
+        if vc is None:
+            vc = engine.current
+        if uth is None and vc is not None:
+            uth = vc.current_uthread
+        self.trace.add(engine.time(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind,
+                       tuple(details.items()))  # fmt: skip
+
+    def user_trace_event(self, kind: str, **details) -> None:
+        """A record from user code (a 2LS, a handler, a test): its values are checked."""
+        engine = self.engine
+        vc = engine.current
+        uth = vc.current_uthread if vc is not None else None
+        self.trace.emit(engine.time(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind,
+                        **details)  # fmt: skip
+
+    def trace_chain(self, kind: str, subject=None, **details) -> None:
+        self.trace_event(None, kind, uth=subject if isinstance(subject, Uthread) else None, **details)
+
+    def fault_report(self, uth: Uthread, headline: str) -> str:
+        ctx = uth.ctx
+        try:
+            name = TrapNr(ctx.trap_nr).name
+        except ValueError:
+            name = "?"
+        return (
+            f"{headline}: uthread {uth.name!r} trap {ctx.trap_nr} (#{name}) err {ctx.err:#x} aux {ctx.aux:#x}\n"
+            f"  at {describe_insn(self.mem, trap_insn_addr(self.mem, ctx.trap_nr, ctx.rip))}\n{ctx}"
+        )
+
+    # -- the 2LS -----------------------------------------------------------------------------
+
+    def call_op(self, name: str, *args):
+        """Call sched_ops.<name> (looked up now, so replacing or interposing it takes effect)."""
+        op = getattr(self.ops, name)
+        if op is None:
+            raise ProcessError(f"sched_ops {self.ops.name!r}: op {name} is missing")
+        self.engine.advance(self.costs.sched_op_ns)
+        subject = args[0] if args and isinstance(args[0], Uthread) else None
+        self.trace_event(None, "op", uth=subject, op=name, args=tuple(map(_describe_arg, args)))
+        try:
+            return op(*args)
+        except Exception as exc:
+            note = f"in sched_ops.{name} of 2LS {self.ops.name!r}"
+            if note not in getattr(exc, "__notes__", ()):
+                exc.add_note(note)
+            raise
+
+    def exit(self, status: int, why: str, report: str | None = None) -> None:
+        self.kernel.exit(status, why, report)
+
+    def crash(self, exc: Exception) -> None:
+        """An exception escaped vcore context or a uthread: the process ends with a report naming it."""
+        notes = list(getattr(exc, "__notes__", ()))
+        where = f" {notes[0]}" if notes else ""
+        frames = "".join(traceback.format_exception(exc)[-4:-1]) if not notes else ""
+        report = f"{type(exc).__name__}{where}: {exc}\n{frames}".rstrip("\n")
+        self.kernel.exit(-1, f"{type(exc).__name__}{where}", report)
+
+    def syscall(self, uth: Uthread, nr: int, args) -> int:
+        return uthread_syscall(self, uth, nr, args)
+
+    # -- uthreads ------------------------------------------------------------------------------
+
+    def register_uthread(self, uth: Uthread) -> None:
+        uth.id = len(self.uthreads)
+        self.uthreads.append(uth)
+        self.live += 1
+        if uth.kind is UthreadKind.GUEST:
+            self.setup_guest_stack(uth)
+            uth.ctx = UserContext(rip=uth.entry.entry, rsp=uth.stack_hi - 8)
+            self.setup_tls(uth)
+            for reg, value in zip(_ARG_REGS, uth.entry.args, strict=False):
+                setattr(uth.ctx, reg, value & U64)
+            self.mem.write_u64(uth.ctx.rsp, VDSO_EXIT)  # returning from entry exits the uthread
+        self.trace_event(None, "uthread_create", uth=uth, type=uth.kind.value, id=uth.id)
+
+    def setup_tls(self, uth: Uthread) -> None:
+        """Give uth a TLS block at fs_base: [0] the vcore it runs on (rseq's cpu_id), [8] its id."""
+        if uth.tls:
+            return
+        if self._tls_next == 0:
+            self.mem.map(TLS_AREA, TLS_AREA_SIZE, Prot.READ | Prot.WRITE, "tls", backed=False)
+            self._tls_next = TLS_AREA
+        if self._tls_next + TLS_SLOT > TLS_AREA + TLS_AREA_SIZE:
+            raise ProcessError(f"setup_tls: more than {TLS_AREA_SIZE // TLS_SLOT} guest uthreads need TLS")
+        uth.tls = self._tls_next
+        self._tls_next += TLS_SLOT
+        self.mem.write_u64(uth.tls + 8, uth.id)
+        uth.ctx.fs_base = uth.tls
+
+    def setup_guest_stack(self, uth: Uthread, size: int = DEFAULT_STACK) -> None:
+        """A stack for uth, with an unmapped guard page below it."""
+        top = self._next_stack
+        self._next_stack -= size + PAGE_SIZE
+        self.mem.map(top - size, size, Prot.READ | Prot.WRITE, f"stack:{uth.name}")
+        uth.stack_lo, uth.stack_hi = top - size, top
+
+    def _uthread_body(self, uth: Uthread) -> None:
+        """What a uthread's greenlet runs: its guest code, or its Python function, then exit."""
+        if uth.kind is UthreadKind.GUEST:
+            self.guest.run(uth)
+            return
+        try:
+            ret = uth.entry.func(*uth.entry.args)
+        except Exception as exc:  # a bug in the uthread: the process ends with a report
+            report = f"uthread {uth.name!r} raised {type(exc).__name__}: {exc}\n" + "".join(
+                traceback.format_exception(exc)[-3:]
+            )
+            self.kernel.exit(-1, f"uthread {uth.name!r} raised {type(exc).__name__}", report)
+        uthread_exit(self, uth, ret)
+
+    def _vcore_entry(self, vc, entry, action, restarted: bool) -> None:
+        vcore_entry(self, vc, entry, action, restarted)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, until_ns: int | None, max_insns: int | None) -> RunEnd:
+        """Set up (sched_init, the initial threads), then run the engine until an end; always tear down."""
+        engine = self.engine
+        self.started = True
+        engine.until = until_ns
+        self.guest.max_insns = max_insns
+        engine.gl = engine_caller = getcurrent()
+        try:
+            engine.run_setup(self._setup)
+            engine.gl = engine_caller
+            return engine.run(self._stop_check)
+        finally:
+            self.finished = True
+
+    def _setup(self) -> None:
+        # The SCP phase on vcore 0: sched_init, then the initial threads (thread0 making them).
+        engine = self.engine
+        vc0 = engine.vcores[0]
+        vc0.set_state(VcoreState.ONLINE)
+        self.trace_event(None, "sched_init", sched=self.ops.name)
+        self.call_op("sched_init")
+        for entry in self.pending_threads:
+            uth = self.call_op("thread_create", entry)
+            if not isinstance(uth, Uthread):
+                raise ProcessError(f"sched_ops.thread_create returned {uth!r} for {entry.name!r}, not a Uthread")
+        vc0.clock = engine.now
+        engine.start_vcore(vc0, Entry.PROCESS_START)
+        self.trace_event(vc0, "vcore_online", how="start", amt_wanted=self.kernel.amt_wanted)
+
+    def _stop_check(self) -> RunEnd | None:
+        if self.kernel.state is ProcState.DYING:
+            return RunEnd.PROCESS_EXITED
+        if self.uthreads and self.live == 0:
+            return RunEnd.ALL_EXITED
+        if self.guest.max_insns is not None and self.cpu.retired >= self.guest.max_insns:
+            return RunEnd.INSN_BUDGET
+        return None
+
+    def end_time(self, end: RunEnd) -> int:
+        """The virtual time the run ended at."""
+        engine = self.engine
+        if end is RunEnd.PROCESS_EXITED and self.kernel.exit_time is not None:
+            return self.kernel.exit_time
+        if end is RunEnd.TIME_BUDGET and engine.until is not None:
+            return engine.until
+        clocks = [vc.spending[1] if vc.spending else vc.clock for vc in engine.vcores]
+        return max(clocks + [engine.now])
+
+    def close(self) -> None:
+        """End every greenlet, drop every pending event and trigger, release the Unicorn instance."""
+        self.finished = True
+        self.engine.kill_all()
+        self.engine.clear_events()
+        self.guest.triggers.clear()
+        for uth in self.uthreads:
+            uth.greenlet = None
+        self.cpu.release()
+
+
+def _describe_arg(arg):
+    """A deterministic short form of an op argument for the trace."""
+    if arg is None or isinstance(arg, (bool, int, str)):
+        return arg
+    name = getattr(arg, "name", None)
+    if isinstance(name, str):
+        return name
+    sysc_id = getattr(arg, "id", None)
+    if isinstance(sysc_id, int):
+        return f"{type(arg).__name__}#{sysc_id}"
+    return type(arg).__name__

@@ -1,0 +1,171 @@
+"""Uthread synchronization (parlib's mutex.c): spin-PDR locks, uth_sync_t, Mutex, CondVar.
+
+As in Akaros, a blocking primitive holds its spinlock from the moment it
+decides to block until the yield callback, in vcore context, has enqueued the
+waiter: an unlock on another vcore in between spins until then, so no wakeup
+is lost.  Spinning costs virtual time (`Costs.spin_ns` a look) and suspends
+like any other spending, so the holder, which is behind, gets to run.
+
+Waiters are kept by the 2LS's sync ops (FIFO by default): a Mutex hands the
+lock straight to the head waiter (no barging); a CondVar has Mesa semantics
+and enqueues the waiter before releasing the mutex.
+"""
+
+from __future__ import annotations
+
+from akaros_sim.running import ParlibError, current_proc, uthread_ctx
+from akaros_sim.uthread import UTH_EXT_BLK_MUTEX, Uthread, uthread_yield
+
+
+class SpinPdrLock:
+    """A spinlock usable from uthread and vcore context (Akaros's spin_pdr_lock).
+
+    The holder is a vcore: taken in uthread context just before a yield, it is
+    released in that vcore's vcore context.  A spinner waits in virtual time
+    until the holder's vcore has run past it, or, if the holder's vcore is
+    away (preempted), until the next kernel event.
+    """
+
+    __slots__ = ("name", "holder")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.holder = None  # the Vcore holding it
+
+    def lock(self, proc) -> None:
+        engine = proc.engine
+        while self.holder is not None:
+            vc = engine.current
+            holder = self.holder
+            if vc is None:
+                raise ParlibError(f"spinlock {self.name!r}: kernel context cannot wait for vcore {holder.id}")
+            if holder is vc:
+                raise ParlibError(f"spinlock {self.name!r}: vcore {vc.id} already holds it (a deadlock)")
+            if holder.online:
+                target = holder.clock
+            else:
+                target = engine.next_event_time()
+                if target is None:
+                    raise ParlibError(
+                        f"spinlock {self.name!r}: held by vcore {holder.id}, which is {holder.state.value} "
+                        "and nothing will bring it back (a deadlock)"
+                    )
+            engine.advance(max(proc.costs.spin_ns, target - vc.clock + 1))
+        self.holder = engine.current
+
+    def unlock(self) -> None:
+        self.holder = None
+
+
+class UthSync:
+    """uth_sync_t: a queue of blocked uthreads whose storage the 2LS's sync ops manage."""
+
+    __slots__ = ("queue", "__dict__")
+
+    def __init__(self) -> None:
+        self.queue = None
+        current_proc("UthSync").call_op("sync_init", self)
+
+
+class Mutex:
+    """A uthread mutex (a semaphore of one): FIFO hand-off to the head waiter, no barging."""
+
+    def __init__(self, name: str = "mutex") -> None:
+        self.name = name
+        self.count = 1
+        self.sync = UthSync()
+        self.owner: Uthread | None = None
+        self._lock = SpinPdrLock(name)
+
+    def lock(self) -> None:
+        proc, _, uth = uthread_ctx("Mutex.lock")
+        proc.engine.advance(proc.costs.python_step_ns)
+        self._lock.lock(proc)
+        if self.count > 0:
+            self.count -= 1
+            self.owner = uth
+            self._lock.unlock()
+            return
+        vc = proc.engine.current
+        proc.trace_event(vc, "mutex_block", uth=uth, mutex=self.name)
+        uthread_yield(proc, vc, uth, True, self._block_cb)  # unlock hands the mutex over: owner is set
+
+    def _block_cb(self, uth: Uthread, _arg) -> None:
+        proc = current_proc("Mutex")
+        proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MUTEX)
+        proc.call_op("sync_enqueue", uth, self.sync)
+        self._lock.unlock()
+
+    def trylock(self) -> bool:
+        proc, _, uth = uthread_ctx("Mutex.trylock")
+        self._lock.lock(proc)
+        got = self.count > 0
+        if got:
+            self.count -= 1
+            self.owner = uth
+        self._lock.unlock()
+        return got
+
+    def unlock(self) -> None:
+        proc = current_proc("Mutex.unlock")
+        self._lock.lock(proc)
+        waiter = proc.call_op("sync_get_next", self.sync)
+        self.owner = waiter
+        if waiter is None:
+            self.count += 1
+        self._lock.unlock()
+        if waiter is not None:
+            proc.trace_event(None, "mutex_handoff", mutex=self.name, to=waiter.name)
+            proc.call_op("thread_runnable", waiter)
+
+    def __enter__(self) -> Mutex:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+
+class CondVar:
+    """A condition variable (Mesa semantics); the waiter is enqueued before the mutex is released."""
+
+    def __init__(self, name: str = "cv") -> None:
+        self.name = name
+        self.sync = UthSync()
+        self._lock = SpinPdrLock(name)
+
+    def wait(self, mutex: Mutex) -> None:
+        proc, _, uth = uthread_ctx("CondVar.wait")
+        proc.engine.advance(proc.costs.python_step_ns)
+        self._lock.lock(proc)
+
+        def cb(uth, _arg):
+            proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MUTEX)
+            proc.call_op("sync_enqueue", uth, self.sync)
+            self._lock.unlock()
+            mutex.unlock()
+
+        vc = proc.engine.current
+        proc.trace_event(vc, "cv_wait", uth=uth, cv=self.name)
+        uthread_yield(proc, vc, uth, True, cb)
+        mutex.lock()
+
+    def signal(self) -> None:
+        proc = current_proc("CondVar.signal")
+        self._lock.lock(proc)
+        waiter = proc.call_op("sync_get_next", self.sync)
+        self._lock.unlock()
+        if waiter is not None:
+            proc.call_op("thread_runnable", waiter)
+
+    def broadcast(self) -> None:
+        proc = current_proc("CondVar.broadcast")
+        local = UthSync()
+        self._lock.lock(proc)
+        proc.call_op("sync_swap", local, self.sync)
+        self._lock.unlock()
+        if proc.ops.thread_bulk_runnable is not None:
+            proc.call_op("thread_bulk_runnable", local)
+            return
+        while (waiter := proc.call_op("sync_get_next", local)) is not None:
+            proc.call_op("thread_runnable", waiter)
