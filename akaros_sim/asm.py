@@ -484,7 +484,7 @@ def _tables(name: str, directives: tuple[_Directive, ...], labels: dict[str, int
             except ValueError as e:
                 raise _fail(name, d.lineno, d.text, str(e)) from None
     ras.sort(key=lambda r: (r[0].start, r[0].end))
-    for (prev, pd), (cur, cd) in zip(ras, ras[1:]):
+    for (prev, pd), (cur, cd) in zip(ras, ras[1:], strict=False):
         if cur.start < prev.end:
             raise _fail(name, cd.lineno, cd.text, f".ras [{cur.start:#x}, {cur.end:#x}) overlaps line {pd.lineno}")
     return [e for _, (e, _) in sorted(extable.items())], [r for r, _ in ras]

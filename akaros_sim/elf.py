@@ -158,7 +158,7 @@ def _segments(where: str, elf: ELFFile, image: bytes) -> list[Segment]:
             continue
         segments.append(_segment(where, elf, image, phdr, index))
     segments.sort(key=lambda s: s.addr)
-    for low, high in zip(segments, segments[1:]):
+    for low, high in zip(segments, segments[1:], strict=False):
         if _page_up(low.end) > high.addr:
             raise ElfError(
                 f"{where}: segments {low.name!r} [{low.addr:#x}, {low.end:#x}) and {high.name!r} "
@@ -259,7 +259,7 @@ def _extable(where: str, elf: ELFFile) -> list[ExtableEntry]:
         except ValueError as e:
             raise ElfError(f"{where}: {EXTABLE_SECTION} entry {i} at {at:#x}: {e}") from None
     entries.sort(key=lambda e: e.insn)
-    for a, b in zip(entries, entries[1:]):
+    for a, b in zip(entries, entries[1:], strict=False):
         if a.insn == b.insn:
             raise ElfError(f"{where}: {EXTABLE_SECTION}: two entries for insn {a.insn:#x}")
     return entries
@@ -277,7 +277,7 @@ def _ras(where: str, elf: ELFFile) -> list[RasEntry]:
         except ValueError as e:
             raise ElfError(f"{where}: {RAS_SECTION} entry {i}: {e}") from None
     entries.sort(key=lambda e: e.start)
-    for a, b in zip(entries, entries[1:]):
+    for a, b in zip(entries, entries[1:], strict=False):
         if a.end > b.start:
             raise ElfError(
                 f"{where}: {RAS_SECTION}: sequences [{a.start:#x}, {a.end:#x}) and [{b.start:#x}, {b.end:#x}) overlap"

@@ -1,31 +1,24 @@
 """Engine: virtual time, the event heap, vcore interleaving, and every greenlet switch.
 
-Virtual time is in nanoseconds and nothing reads the host clock.  Each vcore
-has its own clock; the engine always runs the online vcore that is furthest
-behind (ties: lowest vcore id), and handles a kernel event before any vcore
-runs past its time.  Events sit in a heap keyed (time, priority, sequence), so
-ties are first-come first-served by construction (as in SimPy).
+Each vcore has its own clock (ns; never the host's).  Turns go by time, a
+kernel event before a vcore at the same time, then by vcore id.  Events sit in
+a heap keyed (time, priority, sequence): ties are first-come first-served.
 
-Time advances only by suspending.  Code running on a vcore asks to spend time
-with `advance(ns)`; if that takes its vcore past the *horizon* (the earliest
-time at which a peer vcore or a kernel event could act), the engine suspends
-it and runs whoever is behind, and resumes it once it is furthest behind
-again.  So nothing that touches shared state happens at a virtual time later
-than a peer that has not caught up yet, and the trace is causal.  Two things
-may look ahead without acting:
+Time advances only by suspending: `advance(ns)` past the *horizon* (the last
+time before a peer or a kernel event could act) suspends the caller until it
+is furthest behind again, so nothing touches shared state at a time a peer
+that is behind could still precede.  Two things may look ahead without acting:
 
 * guest slices (`guest_limit`) run up to `Costs.vcore_quantum_ns` past the
   horizon; guest loads and stores of different vcores interleave at that grain;
 * `spend(ns)` (a Python uthread computing) jumps straight to its end and is
   cut short, exactly, if a notification or preemption reaches its vcore first.
 
-This module is the one narrow waist for control flow: every greenlet switch
-and throw is here.  Vcore context is one looping greenlet per vcore that
-starts a fresh pass of `vcore_entry` each time it is entered; a pass ends in
-one of three ways (`run_uthread`, `vcore_offline`, `restart_vcore_entry`), and
-a uthread enters vcore context with `enter_vcore_context`.  The engine knows
-greenlets, clocks and callables, nothing above it: what a vcore-context pass
-runs and what a uthread's greenlet runs are callables given at construction.
+This module is the one narrow waist: every greenlet switch and throw is here.
+Vcore context is one looping greenlet per vcore; a pass ends in `run_uthread`,
+`vcore_offline` or `restart_vcore_entry`, and a uthread enters it with
+`enter_vcore_context`.  The engine knows greenlets, clocks and the callables
+it is built with, nothing above it.
 """
 
 from __future__ import annotations
@@ -38,49 +31,10 @@ from collections import deque
 import attrs
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from akaros_sim.costs import Costs
 
-def _nonneg_int(inst, attribute, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"Costs.{attribute.name}: expected an int >= 0 (ns), got {value!r}")
-
-
-def _cost(default: int):
-    return attrs.field(default=default, validator=_nonneg_int)
-
-
-@attrs.frozen
-class Costs:
-    """The price of everything, in virtual nanoseconds (documented defaults).
-
-    The defaults describe a ~1 GHz core where a user/kernel crossing costs a
-    few hundred instructions; change them per scenario under [machine.costs].
-    """
-
-    insn_ns: int = _cost(1)  # one emulated instruction
-    sched_op_ns: int = _cost(50)  # each sched_ops call
-    context_switch_ns: int = _cost(100)  # popping a uthread's context (run_uthread)
-    vcore_entry_ns: int = _cost(150)  # entering vcore context (yield, notification, trap)
-    syscall_entry_ns: int = _cost(200)  # trapping into the kernel for a syscall
-    event_delivery_ns: int = _cost(300)  # posting an event message and its IPI
-    fault_reflect_ns: int = _cost(500)  # the kernel reflecting a hardware fault
-    syscall_latency_ns: int = _cost(10_000)  # completion time of a blocking syscall
-    populate_latency_ns: int = _cost(20_000)  # SYS_populate_va (a page fetched from "disk")
-    vcore_grant_ns: int = _cost(2_000)  # from vcore_request_more to the vcore running
-    preempt_duration_ns: int = _cost(100_000)  # how long a preempted vcore's pcore stays away
-    slice_insns: int = _cost(10_000)  # guest instructions between engine checks
-    # How far a guest slice may run a vcore past the horizon (the earliest time
-    # a peer or a kernel event could act).  Guest memory accesses of different
-    # vcores interleave at this grain; everything else is strictly causal.
-    # Smaller is finer and slower; insn_ns makes the interleaving exact.
-    vcore_quantum_ns: int = _cost(2_000)
-    python_step_ns: int = _cost(20)  # a parlib call from a Python uthread
-    spin_ns: int = _cost(20)  # one look at a held spinlock
-
-    def __attrs_post_init__(self):
-        if self.slice_insns < 1:
-            raise ValueError("Costs.slice_insns: expected an int >= 1, got 0")
-        if self.insn_ns < 1:
-            raise ValueError("Costs.insn_ns: expected an int >= 1 (an instruction must take time), got 0")
+__all__ = ["Costs", "Engine", "EngineError", "Entry", "Event", "Interrupt", "RunEnd", "SimGreenlet", "Vcore",
+           "VcoreState"]
 
 
 class VcoreState(enum.Enum):

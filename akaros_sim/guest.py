@@ -15,11 +15,11 @@ the instructions retired so far in the running slice.
 
 from __future__ import annotations
 
+from akaros_sim.context import TrapNr
 from akaros_sim.cpu import BudgetSpent, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Entry, Interrupt
 from akaros_sim.kernel import SYS_guest_return, SYS_sigaction, SYS_sigreturn, SYS_uthread_exit, SYS_uthread_yield
-from akaros_sim.context import TrapNr
 from akaros_sim.uthread import Uthread, uthread_exit, uthread_sched_yield
 
 U64 = (1 << 64) - 1

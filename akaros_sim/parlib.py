@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from akaros_sim import uthread as _uth
 from akaros_sim import vcore as _vcore
-from akaros_sim.kernel import EV_SYSCALL, SYS_block, EventQueue
+from akaros_sim.kernel import EV_SYSCALL, EventQueue, SYS_block
 from akaros_sim.process import VDSO_GUEST_RETURN
 from akaros_sim.running import ParlibError, current_proc, uthread_ctx, vcore_ctx
 from akaros_sim.sync import CondVar, Mutex, UthSync

@@ -24,7 +24,7 @@ from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Costs, Engine, Entry, RunEnd, VcoreState
 from akaros_sim.guest import Guest, trap_insn_addr
 from akaros_sim.interpose import HandlerChain
-from akaros_sim.kernel import SYS_guest_return, SYS_sigreturn, SYS_uthread_exit, Kernel, ProcState
+from akaros_sim.kernel import Kernel, ProcState, SYS_guest_return, SYS_sigreturn, SYS_uthread_exit
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
 from akaros_sim.signals import Signals
 from akaros_sim.uthread import Uthread, UthreadKind, uthread_exit

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from greenlet import GreenletExit, getcurrent
 
-from akaros_sim.uthread import UthState
-
-_REAPED = UthState.REAPED
-_EXITED = UthState.EXITED
-
 
 class ParlibError(RuntimeError):
     """A parlib function called from the wrong context, or with a bad argument."""
@@ -29,7 +24,7 @@ def current_proc(fn: str):
     if proc.finished:
         raise GreenletExit()  # the run is over and this greenlet is being unwound: do nothing more
     uth = cur.uth
-    if uth is not None and (uth._state is _EXITED or uth._state is _REAPED):
+    if uth is not None and uth.has_exited:
         raise GreenletExit()  # an exited uthread being unwound (its finally blocks must not act)
     return proc
 

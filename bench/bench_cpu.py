@@ -10,7 +10,9 @@
 (b) A fault turned into a TrapStop record, against a raw fault round trip
     (emu_start -> unmapped read -> UcError -> read rip).
 
-Figures are medians over R repetitions.  Last line: `cpu ratio: X.XX`, our
+Figures are medians over R repetitions; each repetition runs (a) and (b),
+interleaved, in a new interpreter (bench/_fresh.py), so none measures a
+process grown by the ones before.  Last line: `cpu ratio: X.XX`, our
 throughput over raw (higher is better).
 """
 
@@ -33,6 +35,7 @@ from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 from akaros_sim.context import UserContext  # noqa: E402
 from akaros_sim.cpu import Cpu  # noqa: E402
 from akaros_sim.memory import AddressSpace, Prot  # noqa: E402
+from _fresh import fresh, serve  # noqa: E402
 
 SLICE = 10_000
 CODE, DATA, STACK = 0x400000, 0x600000, 0x800000
@@ -154,21 +157,29 @@ def sim_fault_us(n: int) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def repetition(slices: int, faults: int) -> dict[str, float]:
+    """One repetition of every figure, interleaved so machine noise hits all alike (in a fresh process)."""
+    return {
+        "raw_default": raw_throughput(False, slices),
+        "raw_virtual": raw_throughput(True, slices),
+        "sim": sim_throughput(slices),
+        "raw_f": raw_fault_us(faults),
+        "sim_f": sim_fault_us(faults),
+    }
+
+
 def main() -> None:
+    if serve({"repetition": repetition}):
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=300, help="slices of 10,000 instructions per measurement")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed")
     parser.add_argument("--faults", type=int, default=2000, help="faults per measurement")
     args = parser.parse_args()
 
-    raw_default, raw_virtual, sim = [], [], []
-    raw_f, sim_f = [], []
-    for _ in range(args.repeat):  # interleaved so machine noise hits all alike
-        raw_default.append(raw_throughput(False, args.slices))
-        raw_virtual.append(raw_throughput(True, args.slices))
-        sim.append(sim_throughput(args.slices))
-        raw_f.append(raw_fault_us(args.faults))
-        sim_f.append(sim_fault_us(args.faults))
+    reps = [fresh(__file__, "repetition", slices=args.slices, faults=args.faults) for _ in range(args.repeat)]
+    raw_default, raw_virtual, sim = ([r[k] for r in reps] for k in ("raw_default", "raw_virtual", "sim"))
+    raw_f, sim_f = ([r[k] for r in reps] for k in ("raw_f", "sim_f"))
     med = statistics.median
     raw_best = max(med(raw_default), med(raw_virtual))
     print(f"raw emu_start count={SLICE}, default TLB:      {med(raw_default) / 1e6:7.1f} Minsn/s")

@@ -14,8 +14,12 @@
 (c) ExceptionTable.lookup at 1,000 and 1,000,000 entries, hit and miss.
 
 Figures are medians over R repetitions, interleaved so machine noise hits all
-alike.  Last line: `fault ratio: X.XX`, (a) per fault over (b) (lower is
-better).  --profile prints cProfile's top functions for one run of (a).
+alike.  Each repetition of (a) and (b) runs in a new interpreter
+(bench/_fresh.py), so none measures a process grown by the ones before; (c),
+which runs no simulation, makes its R repetitions in one new interpreter of
+its own (building the 1,000,000-entry table takes seconds).  Last line:
+`fault ratio: X.XX`, (a) per fault over (b) (lower is better).  --profile
+prints cProfile's top functions for one run of (a).
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ from akaros_sim.program import ExtableEntry, ExtableType  # noqa: E402
 from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from akaros_sim.uaccess import uaccess_program  # noqa: E402
 from schedops.pthread import PthreadSched  # noqa: E402
-
+from _fresh import fresh, serve  # noqa: E402
 
 UNMAPPED = 0x5000_0000
 GOOD = 0x1000_0000
 EFAULT_U64 = 2**64 - 14
+SIZES = (1_000, 1_000_000)  # extable sizes for (c)
+LOOKUPS = tuple((size, hit) for size in SIZES for hit in (True, False))
 
 # rdi = iterations, rsi = the user pointer; returns the number of -EFAULTs seen.
 LOOP = """
@@ -126,8 +132,31 @@ def lookup_ns(table: ExceptionTable, rips: list[int], expect_hit: bool) -> float
     return elapsed / len(rips) * 1e9
 
 
+def repetition(n: int) -> dict[str, float]:
+    """One repetition of (a) and (b), interleaved so machine noise hits all alike (in a fresh process)."""
+    runtime_fault_loop(50, UNMAPPED)  # warm: calibration, keystone, capstone caches
+    elapsed, fixed = runtime_fault_loop(n, UNMAPPED)
+    out = {"ours": elapsed / fixed * 1e6}
+    out["clean"] = runtime_fault_loop(n, GOOD)[0] / n * 1e6
+    out["raw"] = raw_fault_us(n)
+    return out
+
+
+def lookups(repeat: int) -> dict[str, list[float]]:
+    """(c): `repeat` interleaved repetitions over tables built once (in a fresh process of its own)."""
+    tables = lookup_tables(SIZES)
+    out: dict[str, list[float]] = {f"{size}:{hit}": [] for size, hit in LOOKUPS}
+    for _ in range(repeat):
+        for size, hit in LOOKUPS:
+            table, hits, misses = tables[size]
+            out[f"{size}:{hit}"].append(lookup_ns(table, hits if hit else misses, hit))
+    return out
+
+
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_cpu
+    if serve({"repetition": repetition, "lookups": lookups}):
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faults", type=int, default=2000, help="faults per measurement")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed")
@@ -135,29 +164,22 @@ def main() -> None:
     args = parser.parse_args()
 
     n = args.faults
-    runtime_fault_loop(50, UNMAPPED)  # warm: calibration, keystone, capstone caches
-    tables = lookup_tables((1_000, 1_000_000))
-    ours, clean, raw = [], [], []
-    look = {key: [] for key in [(s, h) for s in tables for h in (True, False)]}
-    for _ in range(args.repeat):
-        elapsed, fixed = runtime_fault_loop(n, UNMAPPED)
-        ours.append(elapsed / fixed * 1e6)
-        clean.append(runtime_fault_loop(n, GOOD)[0] / n * 1e6)
-        raw.append(raw_fault_us(n))
-        for (size, hit), samples in look.items():
-            table, hits, misses = tables[size]
-            samples.append(lookup_ns(table, hits if hit else misses, hit))
+    reps = [fresh(__file__, "repetition", n=n) for _ in range(args.repeat)]
+    ours, clean, raw = ([r[k] for r in reps] for k in ("ours", "clean", "raw"))
+    looked = fresh(__file__, "lookups", repeat=args.repeat)
+    look = {(size, hit): looked[f"{size}:{hit}"] for size, hit in LOOKUPS}
     med = statistics.median
     print(f"runtime fault round trip (get_user, extable fixup, resume): {med(ours):8.1f} us/fault")
     print(f"same loop without faults (good pointer):                     {med(clean):8.1f} us/call")
     print(f"raw Unicorn fault round trip:                                {med(raw):8.1f} us/fault")
-    for size in tables:
+    for size in SIZES:
         print(f"extable lookup, {size:>9,} entries, hit:                   {med(look[(size, True)]):8.0f} ns")
         print(f"extable lookup, {size:>9,} entries, miss:                  {med(look[(size, False)]):8.0f} ns")
-    big, small = max(tables), min(tables)
+    big, small = max(SIZES), min(SIZES)
     print(f"lookup cost {big:,} / {small:,} entries (hit):               "
           f"{med(look[(big, True)]) / med(look[(small, True)]):8.2f}")  # fmt: skip
     if args.profile:
+        runtime_fault_loop(50, UNMAPPED)  # warm, as each repetition does
         profile = cProfile.Profile()
         runtime_fault_loop(n, UNMAPPED, profile)
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)

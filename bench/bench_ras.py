@@ -34,9 +34,11 @@ increments; afterwards the counter must be exactly N (checked).
 Per variant, host time of Simulation.run() divided by N (whole-run cost per
 increment: emulation, vcore context, the 2LS, tracing), and the run's
 virtual time divided by N.  Figures are medians over R repetitions,
-interleaved so machine noise hits all alike.  Last line: `ras ratio: X.XX`,
-host time per increment of (a) over (b) (lower is better; 1.00 means the
-RAS costs nothing over an atomic instruction at this interruption rate).
+interleaved so machine noise hits all alike; each repetition runs in a new
+interpreter (bench/_fresh.py), so none measures a process grown by the ones
+before.  Last line: `ras ratio: X.XX`, host time per increment of (a) over
+(b) (lower is better; 1.00 means the RAS costs nothing over an atomic
+instruction at this interruption rate).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from akaros_sim.asm import assemble  # noqa: E402
 from akaros_sim.engine import Costs  # noqa: E402
 from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from schedops.roundrobin import RoundRobinSched  # noqa: E402
+from _fresh import fresh, serve  # noqa: E402
 
 STORM_MIN, STORM_MAX = 400, 900  # instructions between ticks
 SEED = 1
@@ -172,7 +175,21 @@ def raw_variant(n: int) -> float:
     return elapsed / n * 1e6
 
 
+def repetition(n: int, nm: int, u: int) -> dict[str, list]:
+    """One repetition of every variant, interleaved so machine noise hits all alike (in a fresh process)."""
+    guest_variant(RAS_LOOP, 400, u)  # warm: keystone, Unicorn translation, imports
+    mutex_variant(40, u)
+    return {
+        "ras": guest_variant(RAS_LOOP, n, u),
+        "xadd": guest_variant(XADD_LOOP, n, u),
+        "mutex": mutex_variant(nm, u),
+        "raw": (raw_variant(n),),
+    }
+
+
 def main() -> None:
+    if serve({"repetition": repetition}):
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--increments", type=int, default=40_000, help="increments per guest run (N)")
     parser.add_argument("--mutex-increments", type=int, default=4_000, help="increments per Mutex run")
@@ -182,14 +199,8 @@ def main() -> None:
     n, nm, u = args.increments - args.increments % args.threads, args.mutex_increments, args.threads
     nm -= nm % u
 
-    guest_variant(RAS_LOOP, 400, u)  # warm: keystone, Unicorn translation, imports
-    mutex_variant(40, u)
-    samples: dict[str, list] = {"ras": [], "xadd": [], "mutex": [], "raw": []}
-    for _ in range(args.repeat):
-        samples["ras"].append(guest_variant(RAS_LOOP, n, u))
-        samples["xadd"].append(guest_variant(XADD_LOOP, n, u))
-        samples["mutex"].append(mutex_variant(nm, u))
-        samples["raw"].append((raw_variant(n),))
+    reps = [fresh(__file__, "repetition", n=n, nm=nm, u=u) for _ in range(args.repeat)]
+    samples: dict[str, list] = {key: [r[key] for r in reps] for key in ("ras", "xadd", "mutex", "raw")}
     med = statistics.median
 
     def host(key):

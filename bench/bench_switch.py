@@ -2,8 +2,10 @@
 
     python bench/bench_switch.py [--yields N] [--slices N] [--uthreads N] [--repeat R]
 
-All figures are host time (time.perf_counter) or host memory, measured in one
-process; virtual time plays no part.
+All figures are host time (time.perf_counter) or host memory; virtual time
+plays no part.  Each repetition of (a) and (b), and each run of (c), is made
+in a new interpreter (bench/_fresh.py), with its raw counterpart in the same
+process, so no figure measures a process grown by the runs before it.
 
 (a) Yield round trip.  Two Python uthreads on one vcore under the pthread 2LS
     ping-pong with `parlib.uthread_sched_yield()`: A yields, B runs, B yields,
@@ -52,6 +54,7 @@ from akaros_sim.memory import PAGE_SIZE  # noqa: E402
 from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from akaros_sim.trace import Trace  # noqa: E402
 from schedops.pthread import PthreadSched  # noqa: E402
+from _fresh import fresh, serve  # noqa: E402
 
 SLICE = Costs().slice_insns
 # The loop of bench_cpu.py, as a guest uthread: rsi = iterations, then return.
@@ -202,8 +205,8 @@ def many_uthreads(n: int) -> dict:
     result = sim.run()
     elapsed = time.perf_counter() - t0
     rss_after = rss_bytes()
-    if result.end is not RunEnd.ALL_EXITED or sim.uthread("main").retval != n * (n + 1) // 2:
-        raise RuntimeError(f"{n} uthreads: run ended {result.end.name} with {sim.uthread('main').retval!r}")
+    if result.end is not RunEnd.ALL_EXITED or sim.uthread("main").exit_value != n * (n + 1) // 2:
+        raise RuntimeError(f"{n} uthreads: run ended {result.end.name} with {sim.uthread('main').exit_value!r}")
     return {
         "n": n,
         "seconds": elapsed,
@@ -216,7 +219,27 @@ def many_uthreads(n: int) -> dict:
 # -- main ------------------------------------------------------------------------------------------
 
 
+def repetition(yields: int, slices: int) -> dict[str, float]:
+    """One repetition of (a) and (b), interleaved so machine noise hits all alike (in a fresh process)."""
+    return {
+        "raw_pair": raw_pair_us(yields * 20),
+        "ours": ours_round_trip_us(yields),
+        "ours_untraced": ours_round_trip_us(yields, keep_trace=False),
+        "raw_default": raw_throughput(False, slices),
+        "raw_virtual": raw_throughput(True, slices),
+        "sim_tp": ours_throughput(slices),
+    }
+
+
+def many_uthreads_warm(n: int) -> dict:
+    """(c) in a fresh process, after a small warm-up run (imports, the first Cpu, first-call paths)."""
+    many_uthreads(10)
+    return many_uthreads(n)
+
+
 def main() -> None:
+    if serve({"repetition": repetition, "many_uthreads": many_uthreads_warm}):
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--yields", type=int, default=3000, help="round trips per ping-pong measurement")
     parser.add_argument("--slices", type=int, default=300, help=f"slices of {SLICE:,} instructions per measurement")
@@ -226,23 +249,17 @@ def main() -> None:
     args = parser.parse_args()
     med = statistics.median
 
-    raw_pair, ours, ours_untraced = [], [], []
-    raw_default, raw_virtual, sim_tp = [], [], []
-    for _ in range(args.repeat):  # interleaved so machine noise hits all alike
-        raw_pair.append(raw_pair_us(args.yields * 20))
-        ours.append(ours_round_trip_us(args.yields))
-        ours_untraced.append(ours_round_trip_us(args.yields, keep_trace=False))
-        raw_default.append(raw_throughput(False, args.slices))
-        raw_virtual.append(raw_throughput(True, args.slices))
-        sim_tp.append(ours_throughput(args.slices))
+    reps = [fresh(__file__, "repetition", yields=args.yields, slices=args.slices) for _ in range(args.repeat)]
+    raw_pair, ours, ours_untraced = ([r[k] for r in reps] for k in ("raw_pair", "ours", "ours_untraced"))
+    raw_default, raw_virtual, sim_tp = ([r[k] for r in reps] for k in ("raw_default", "raw_virtual", "sim_tp"))
 
     pilot_n = min(2_000, args.uthreads)
-    pilot = many_uthreads(pilot_n)
+    pilot = fresh(__file__, "many_uthreads", n=pilot_n)
     n = args.uthreads
     per = pilot["seconds"] / pilot_n
     if n * per > args.budget:
         n = max(pilot_n, int(args.budget / per) // 1000 * 1000)
-    many = many_uthreads(n)
+    many = fresh(__file__, "many_uthreads", n=n)
 
     ratio = med(ours) / med(raw_pair)
     raw_best = max(med(raw_default), med(raw_virtual))

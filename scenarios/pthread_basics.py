@@ -10,8 +10,16 @@ from __future__ import annotations
 from collections import deque
 
 from akaros_sim.kernel import SYS_write
-from akaros_sim.parlib import CondVar, Mutex, compute, current_sim, syscall, uthread_create, uthread_join
-from akaros_sim.parlib import uthread_sched_yield
+from akaros_sim.parlib import (
+    CondVar,
+    Mutex,
+    compute,
+    current_sim,
+    syscall,
+    uthread_create,
+    uthread_join,
+    uthread_sched_yield,
+)
 
 CRITICAL_NS = 300  # work done while holding the counter mutex: long enough for the others to queue up
 OUTSIDE_NS = 50  # work done between two increments

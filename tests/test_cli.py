@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from akaros_sim.cli import main
+from akaros_sim.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,15 +69,15 @@ def test_machine_reports_an_assembly_error(tmp_path, capsys):
 
 
 def test_cli_runs_as_a_module():
-    """`python -m akaros_sim.cli --help` works as a separate process."""
-    proc = subprocess.run([sys.executable, "-m", "akaros_sim.cli", "--help"], capture_output=True, text=True)
+    """`python -m akaros_sim.tools.cli --help` works as a separate process."""
+    proc = subprocess.run([sys.executable, "-m", "akaros_sim.tools.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "machine" in proc.stdout
 
 
 def test_run_reports_extable_sites_and_their_hits(capsys):
     """`run` lists every extable site that fired with its count; they add up to the fixups in the trace."""
-    from akaros_sim.scenario import run_scenario
+    from akaros_sim.tools.scenario import run_scenario
 
     run = run_scenario(ROOT / "scenarios" / "extable_copy_user.toml")
     sites = run.result.extable_sites

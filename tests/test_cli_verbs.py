@@ -1,6 +1,6 @@
 """The trace verbs of the command line (run --trace, replay, diff, export, explain, list, --help), as a user runs them.
 
-Every command here runs `python -m akaros_sim.cli` as a subprocess from the
+Every command here runs `python -m akaros_sim.tools.cli` as a subprocess from the
 repository root, so what is tested is the installed entry point's behaviour:
 its exit status, its standard output and that nothing leaks to stderr.  Each
 subprocess costs an interpreter start and the Unicorn/keystone imports (about
@@ -34,7 +34,7 @@ VERBS = ("machine", "run", "replay", "diff", "export", "explain", "list")
 def cli(*args: str) -> subprocess.CompletedProcess:
     """Run `akaros-sim ARGS...` as a subprocess in the repository root; never raises on a non-zero exit."""
     return subprocess.run(
-        [sys.executable, "-m", "akaros_sim.cli", *map(str, args)],
+        [sys.executable, "-m", "akaros_sim.tools.cli", *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
 
@@ -128,7 +128,7 @@ def test_diff_of_two_seeds_finds_the_first_divergence_and_counts_by_kind(tmp_pat
     record_trace("scenarios/ras_counter_unprotected.toml", a, "--seed", "1")
     record_trace("scenarios/ras_counter_unprotected.toml", b, "--seed", "2")
     lines_a, lines_b = record_lines(a), record_lines(b)
-    index = next(i for i, (x, y) in enumerate(zip(lines_a, lines_b)) if x != y)
+    index = next(i for i, (x, y) in enumerate(zip(lines_a, lines_b, strict=False)) if x != y)
     assert index > 0
 
     proc = cli("diff", a, b)
@@ -193,7 +193,7 @@ def test_export_draws_one_track_per_vcore_with_uthread_slices_and_preemptions(tm
     assert {name for _, _, name in slices} == {"a", "b", "c"}
     for vc in (0, 1):  # slices on one track never overlap
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["ph"] == "X" and e["tid"] == vc)
-        assert all(end <= nxt + 1e-9 for (_, end), (nxt, _) in zip(spans, spans[1:])), spans
+        assert all(end <= nxt + 1e-9 for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False)), spans
 
     preemption = ("preempt", "preempt_warn", "preempt_recover")
     instants = [(e["cat"], e["tid"], e["ts"]) for e in events if e["ph"] == "i" and e["cat"] in preemption]

@@ -10,7 +10,7 @@ Conventions a page follows (docs/README of sorts; this docstring is the spec):
   standard output.  A line that is just `...` stands for any number of lines.
 * A ```console block holds `$ akaros-sim VERB ...` commands, each followed by
   its exact standard output (`...` elides, as above).  The command runs
-  in-process through `akaros_sim.cli.main` and must exit 0.  A command whose
+  in-process through `akaros_sim.tools.cli.main` and must exit 0.  A command whose
   verb this build's CLI does not have yet is skipped with that reason (the
   rest of the page still runs); ```console no-run blocks are not run.
 * Other fences (```sh, ```text, ```toml, ...) are for reading only.
@@ -19,7 +19,7 @@ Examples run in a scratch directory that mirrors the repository root
 (symlinks), so `examples/trap_tour.s` resolves and files they write do not
 land in the working tree.
 
-Besides the examples, tests check that the pages STYLE.md asks for exist,
+Besides the examples, tests check that the required pages exist,
 that relative links between pages point at files and headings that exist,
 and that the Costs table in concepts.md lists every field of `Costs` with
 its default.
@@ -39,7 +39,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
-REQUIRED_PAGES = ("quickstart.md", "concepts.md", "tutorial_first_2ls.md", "glossary.md")
+REQUIRED_PAGES = ("quickstart.md", "concepts.md", "architecture.md", "tutorial_first_2ls.md", "glossary.md")
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+)(?P<info>[^`]*)$")
 
@@ -122,7 +122,7 @@ def _run_python(page: Path, block: Block, namespace: dict) -> str:
 
 
 def _cli_verbs() -> set[str]:
-    from akaros_sim.cli import build_parser
+    from akaros_sim.tools.cli import build_parser
 
     parser = build_parser()
     for action in parser._actions:  # argparse keeps subcommands in a private action
@@ -146,7 +146,7 @@ def _console_commands(block: Block) -> list[tuple[int, str, str]]:
 
 def _run_console(page: Path, block: Block) -> list[str]:
     """Run each command of a console block; returns the reasons for skipped commands."""
-    from akaros_sim.cli import main
+    from akaros_sim.tools.cli import main
 
     skipped = []
     verbs = _cli_verbs()
@@ -193,9 +193,8 @@ def test_page_examples_run_and_print_what_the_page_says(page, monkeypatch, tmp_p
         if block.lang == "python":
             printed = _run_python(page, block, namespace)
             nxt = found[i + 1] if i + 1 < len(found) else None
-            if nxt is not None and nxt.lang == "output":
-                if not match_output(nxt.text, printed):
-                    raise AssertionError(_describe_mismatch(f"{page.name}:{block.line}", nxt.text, printed))
+            if nxt is not None and nxt.lang == "output" and not match_output(nxt.text, printed):
+                raise AssertionError(_describe_mismatch(f"{page.name}:{block.line}", nxt.text, printed))
         elif block.lang == "output":
             prev = found[i - 1] if i else None
             assert prev is not None and prev.lang == "python" and "no-run" not in prev.flags, (
@@ -208,7 +207,7 @@ def test_page_examples_run_and_print_what_the_page_says(page, monkeypatch, tmp_p
 
 
 def test_required_pages_exist():
-    """docs/ has the quickstart, concepts, the first-2LS tutorial and the glossary (STYLE.md 22)."""
+    """docs/ has the quickstart, concepts, the architecture, the first-2LS tutorial and the glossary."""
     missing = [name for name in REQUIRED_PAGES if not (DOCS / name).is_file()]
     assert missing == []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from akaros_sim.cli import main
+from akaros_sim.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,11 +273,11 @@ SUBPROCESS = ("unknown entry symbol", "python file missing", "scheduler params r
 
 @pytest.mark.parametrize("case_id", SUBPROCESS)
 def test_no_traceback_escapes_the_real_entry_point(tmp_path, case_id):
-    """As a subprocess (`python -m akaros_sim.cli run`), the same single line, exit 2, nothing on stdout."""
+    """As a subprocess (`python -m akaros_sim.tools.cli run`), the same single line, exit 2, nothing on stdout."""
     case = BY_ID[case_id]
     path = write_case(tmp_path, case)
     proc = subprocess.run(
-        [sys.executable, "-m", "akaros_sim.cli", "run", str(path)],
+        [sys.executable, "-m", "akaros_sim.tools.cli", "run", str(path)],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert (proc.returncode, proc.stdout) == (2, "")

@@ -6,7 +6,6 @@ import struct
 
 import attrs
 import pytest
-from conftest import CODE, DATA, STACK_TOP, assemble_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +13,7 @@ from akaros_sim.context import PfErr, TrapNr, UserContext
 from akaros_sim.cpu import BudgetSpent, Cpu, TrapStop
 from akaros_sim.memory import PAGE_SIZE, USER_MIN, USER_TOP, AddressSpace, MemError, Prot
 from akaros_sim.program import Program, Segment
+from conftest import CODE, DATA, STACK_TOP, assemble_bytes
 
 RW = Prot.READ | Prot.WRITE
 RX = Prot.READ | Prot.EXEC
@@ -674,7 +674,7 @@ def test_two_address_spaces_do_not_share_memory():
         mem.map(BASE, 0x1000, RW, "data")
         mem.write(code, assemble_bytes(STORE, code))
         spaces.append((mem, Cpu(mem), marker))
-    for mem, cpu, marker in spaces:
+    for _mem, cpu, marker in spaces:
         assert cpu.run(UserContext(rip=code, rbx=BASE, rcx=marker), 1) == BudgetSpent(1)
     assert [mem.read_u64(BASE) for mem, _, _ in spaces] == [0xAAAA, 0xBBBB]
     spaces[0][0].unmap(BASE, 0x1000)
@@ -742,7 +742,7 @@ def _check_against_model(mem: AddressSpace, model: dict[int, _Page]) -> None:
     """The VMR list is sorted and disjoint; lookup, Unicorn's map and the bytes agree with `model` per page."""
     vmrs = mem.vmrs
     assert all(v.start < v.end for v in vmrs)
-    assert all(left.end <= right.start for left, right in zip(vmrs, vmrs[1:]))
+    assert all(left.end <= right.start for left, right in zip(vmrs, vmrs[1:], strict=False))
     uc_pages = {
         page
         for begin, end, _ in mem.uc.mem_regions()

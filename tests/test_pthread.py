@@ -10,7 +10,7 @@ from akaros_sim.kernel import SYS_block, SyscState
 from akaros_sim.memory import Prot
 from akaros_sim.simulation import RunEnd, Simulation
 from akaros_sim.uthread import UthreadEntry
-from schedops.pthread import GO_TABLE_FUNC_BASE, PthState, PthreadSched
+from schedops.pthread import GO_TABLE_FUNC_BASE, PthreadSched, PthState
 
 LAZY = 0x5000_0000  # a VMR whose page is not backed until SYS_populate_va
 

@@ -21,7 +21,7 @@ from akaros_sim.kernel import SYS_block
 from akaros_sim.memory import PAGE_SIZE, Prot
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasError, RasTable
-from akaros_sim.scenario import load_scenario, run_scenario
+from akaros_sim.tools.scenario import load_scenario, run_scenario
 from akaros_sim.simulation import RunEnd, Simulation
 from schedops.pthread import PthreadSched
 from schedops.roundrobin import RoundRobinSched
@@ -396,7 +396,7 @@ def test_an_abort_handler_outside_the_sequence_receives_control():
     assert sim.mem.read_u64(sym["counter"]) == 4 * 500
 
 
-SYSCALL_SRC = f"""
+SYSCALL_SRC = """
 s_entry:                        # s(&counter, nr, arg): a syscall in the middle of a sequence
     mov r8, rdi
 seq_start:

@@ -13,8 +13,8 @@ import attrs
 import pytest
 
 from akaros_sim import __version__
-from akaros_sim.cli import main
-from akaros_sim.scenario import BUILTIN_SCHEDULERS, ScenarioError, build, load_scenario, run_scenario
+from akaros_sim.tools.cli import main
+from akaros_sim.tools.scenario import BUILTIN_SCHEDULERS, ScenarioError, build, load_scenario, run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -259,7 +259,7 @@ def test_cli_run_malformed_scenario_exits_2_without_traceback(tmp_path):
     path = write(tmp_path, TINY.replace('entry = "worker"', 'entry = "wrker"'))
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, "-m", "akaros_sim.cli", "run", str(path)], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-m", "akaros_sim.tools.cli", "run", str(path)], capture_output=True, text=True, env=env, check=False
     )
     assert proc.returncode == 2
     assert proc.stdout == ""

@@ -11,7 +11,7 @@ from akaros_sim.asm import assemble
 from akaros_sim.kernel import SYS_block
 from akaros_sim.memory import Prot
 from akaros_sim.sched_ops import ALL_OPS, OPTIONAL_OPS, REQUIRED_OPS, SchedOps, SchedOpsError, default_ops
-from akaros_sim.simulation import RunEnd, Simulation, SimulationError
+from akaros_sim.simulation import RunEnd, Simulation
 from akaros_sim.uthread import Uthread, UthreadEntry
 from schedops.pthread import PthreadSched
 from schedops.thread0 import Thread0Error, Thread0Sched

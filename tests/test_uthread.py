@@ -10,8 +10,8 @@ from akaros_sim import parlib
 from akaros_sim.simulation import Simulation
 from akaros_sim.uthread import (
     JoinState,
-    Uthread,
     UthFlag,
+    Uthread,
     UthreadEntry,
     UthreadKind,
     UthreadStateError,

@@ -61,7 +61,7 @@ The format (docs/scenarios.md is the full reference)::
 
 A trace matcher (counts keys, order kinds) is ``KIND``, ``KIND:VALUE`` (the
 kind's main detail: op for op, name for syscall, trap for fault, ...; see
-`akaros_sim.expect.MAIN_DETAIL`) or ``KIND:KEY=VALUE[&KEY=VALUE...]`` (KEY a
+`akaros_sim.tools.expect.MAIN_DETAIL`) or ``KIND:KEY=VALUE[&KEY=VALUE...]`` (KEY a
 detail or the record's ``uth``, ``vc``, ``t``); values compare as JSON text
 (``true``, ``null``, ``42``, ``["w0"]``), integers also in hex, traps also by
 name (``fault:PF``).
@@ -90,12 +90,12 @@ import attrs
 from akaros_sim.asm import AsmError, assemble
 from akaros_sim.elf import ElfError, load_elf
 from akaros_sim.engine import Costs
-from akaros_sim.expect import Check, Expectations, check_expectations, load_expect
+from akaros_sim.tools.expect import Check, Expectations, check_expectations, load_expect
 from akaros_sim.kernel import SYSCALL_NAMES
 from akaros_sim.memory import PAGE_SIZE, MemError, Prot
 from akaros_sim.program import Program
 from akaros_sim.simulation import RunResult, Simulation, SimulationError
-from akaros_sim.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
+from akaros_sim.tools.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
 from akaros_sim.trace import Trace
 from akaros_sim.uthread import UthreadEntry
 
@@ -416,7 +416,7 @@ def _check_overlaps(file: str, programs: list[ProgramSpec], mappings: list[Mappi
     for i, m in enumerate(mappings):
         ranges.append((m.start, m.start + m.length, f"mappings[{i}] ({m.name!r})"))
     ranges.sort()
-    for (lo, hi, what), (lo2, hi2, what2) in zip(ranges, ranges[1:]):
+    for (lo, hi, what), (lo2, hi2, what2) in zip(ranges, ranges[1:], strict=False):
         if lo2 < hi:
             raise ScenarioError(
                 f"{file}: {what2}: [{lo2:#x}, {hi2:#x}) overlaps {what} [{lo:#x}, {hi:#x}); expected disjoint ranges"

@@ -1,6 +1,6 @@
 """Expectations: what a scenario's run must show, and checking them after the run.
 
-The `[expect]` table of a scenario (format in akaros_sim/scenario.py and
+The `[expect]` table of a scenario (format in akaros_sim/tools/scenario.py and
 docs/scenarios.md) becomes a frozen `Expectations`; after the run,
 `check_expectations` turns each expectation into a frozen `Check(name, ok,
 expected, got)`, in the order the format lists them.
@@ -30,7 +30,7 @@ import attrs
 from akaros_sim.context import REG_NAMES, TrapNr
 from akaros_sim.memory import MemError
 from akaros_sim.simulation import RunEnd
-from akaros_sim.tomlcheck import TableReader, describe, is_instance, json_text, one_line
+from akaros_sim.tools.tomlcheck import TableReader, describe, is_instance, json_text, one_line
 
 __all__ = ["MAIN_DETAIL", "Check", "Expectations", "Matcher", "check_expectations", "load_expect", "parse_matcher"]
 

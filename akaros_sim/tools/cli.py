@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a scenario, print the summary, return 0 if every expectation holds, 1 if not, 2 if it is invalid."""
     import attrs
 
-    from akaros_sim.scenario import ScenarioError, load_scenario, run_scenario
+    from akaros_sim.tools.scenario import ScenarioError, load_scenario, run_scenario
 
     try:
         scenario = load_scenario(args.scenario)
@@ -211,9 +211,9 @@ def _read_trace(path: str):
     try:
         return Trace.read(path)
     except OSError as exc:
-        raise SystemExit(_fail(f"cannot read {path}: {exc.strerror or exc}"))
+        raise SystemExit(_fail(f"cannot read {path}: {exc.strerror or exc}")) from None
     except (ValueError, KeyError) as exc:
-        raise SystemExit(_fail(f"{path}: not an akaros-sim trace ({exc})"))
+        raise SystemExit(_fail(f"{path}: not an akaros-sim trace ({exc})")) from None
 
 
 def _fail(message: str) -> int:
@@ -223,7 +223,7 @@ def _fail(message: str) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Re-run a trace's scenario and seed; 0 if the new trace is identical, 1 at the first difference."""
-    from akaros_sim.replay import ReplayError, replay
+    from akaros_sim.tools.replay import ReplayError, replay
 
     trace = _read_trace(args.trace)
     try:
@@ -240,7 +240,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two traces: first divergence with context, then counts by kind; 0 if identical."""
-    from akaros_sim.replay import compare
+    from akaros_sim.tools.replay import compare
 
     a, b = _read_trace(args.a), _read_trace(args.b)
     comparison = compare(a, b)
@@ -250,7 +250,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a trace as Chrome trace-event JSON for ui.perfetto.dev."""
-    from akaros_sim.perfetto import export
+    from akaros_sim.tools.perfetto import export
 
     trace = _read_trace(args.trace)
     try:
@@ -263,8 +263,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Run a scenario (or read a trace) and narrate it, one sentence per record."""
-    from akaros_sim.explain import narrate
-    from akaros_sim.scenario import ScenarioError, run_scenario
+    from akaros_sim.tools.explain import narrate
+    from akaros_sim.tools.scenario import ScenarioError, run_scenario
 
     if args.source.endswith(".jsonl"):
         trace = _read_trace(args.source)
@@ -286,7 +286,7 @@ def shipped_scenarios() -> list:
     """The scenarios shipped beside the package (a source checkout), by name."""
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent.parent / "scenarios"
+    here = Path(__file__).resolve().parents[2] / "scenarios"
     return sorted(here.glob("*.toml")) if here.is_dir() else []
 
 

@@ -97,7 +97,7 @@ def replay(trace: Trace):
     """
     import attrs as _attrs
 
-    from akaros_sim.scenario import ScenarioError, load_scenario_text, run_scenario
+    from akaros_sim.tools.scenario import ScenarioError, load_scenario_text, run_scenario
 
     header = trace.header
     missing = [k for k in ("scenario_text", "scenario_path", "seed") if k not in header]
