@@ -73,10 +73,10 @@ def _check_u64(name: str, value) -> int:
 
 def _reg_property(index: int, name: str) -> property:
     def get(self) -> int:
-        return self._regs[index]
+        return self.raw[index]
 
     def set(self, value: int) -> None:
-        self._regs[index] = _check_u64(name, value)
+        self.raw[index] = _check_u64(name, value)
 
     return property(get, set, doc=f"{name} (u64)")
 
@@ -98,20 +98,20 @@ class UserContext:
     slice switch cheap; as attributes they are validated u64 ints.
     """
 
-    __slots__ = ("_regs", "ptrs", "trap_nr", "err", "aux", "fault_pending", "fpstate")
+    __slots__ = ("raw", "ptrs", "trap_nr", "err", "aux", "fault_pending", "fpstate")
 
     def __init__(
         self, *, trap_nr: int = 0, err: int = 0, aux: int = 0, fault_pending: bool = False,
         fpstate: bytes | None = None, **regs: int,
     ) -> None:  # fmt: skip
-        self._regs = _RegArray()
-        base = ctypes.addressof(self._regs)
+        self.raw = _RegArray()
+        base = ctypes.addressof(self.raw)
         self.ptrs = _PtrArray(*(base + 8 * i for i in range(len(REG_NAMES))))
-        self._regs[_RFLAGS_INDEX] = FL_ALWAYS
+        self.raw[_RFLAGS_INDEX] = FL_ALWAYS
         for name, value in regs.items():
             if name not in _REG_INDEX:
                 raise TypeError(f"UserContext: unknown register {name!r} (expected one of {', '.join(REG_NAMES)})")
-            self._regs[_REG_INDEX[name]] = _check_u64(name, value)
+            self.raw[_REG_INDEX[name]] = _check_u64(name, value)
         # reflected trap (tf_trapno, tf_err, the aux word), valid when fault_pending
         self.trap_nr = trap_nr
         self.err = err
@@ -123,14 +123,14 @@ class UserContext:
     def __eq__(self, other) -> bool:
         if not isinstance(other, UserContext):
             return NotImplemented
-        return tuple(self._regs) == tuple(other._regs) and (
+        return tuple(self.raw) == tuple(other.raw) and (
             self.trap_nr, self.err, self.aux, self.fault_pending
         ) == (other.trap_nr, other.err, other.aux, other.fault_pending)
 
     __hash__ = None
 
     def __repr__(self) -> str:
-        regs = ", ".join(f"{name}={value}" for name, value in zip(REG_NAMES, self._regs, strict=True))
+        regs = ", ".join(f"{name}={value}" for name, value in zip(REG_NAMES, self.raw, strict=True))
         return (
             f"UserContext({regs}, trap_nr={self.trap_nr}, err={self.err}, aux={self.aux}, "
             f"fault_pending={self.fault_pending})"
@@ -138,7 +138,7 @@ class UserContext:
 
     def regs(self) -> dict[str, int]:
         """The registers by name, in trapframe order."""
-        return dict(zip(REG_NAMES, self._regs, strict=True))
+        return dict(zip(REG_NAMES, self.raw, strict=True))
 
     def copy(self) -> UserContext:
         """An independent copy (fpstate is immutable and shared)."""

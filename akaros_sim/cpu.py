@@ -345,7 +345,7 @@ class Cpu:
         if ctx is not self._live:
             self._switch_to(ctx)
         # Unicorn reads and writes the context's own register array in place.
-        regs, ptrs = ctx._regs, ctx.ptrs
+        regs, ptrs = ctx.raw, ctx.ptrs
         regs[_RFLAGS] = (regs[_RFLAGS] & FL_USER_MASK) | FL_ALWAYS
         uclib.uc_reg_write_batch(self._uch, self._reg_ids, ptrs, _NREGS)
         self._intr = None

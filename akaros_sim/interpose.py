@@ -103,7 +103,7 @@ class HandlerChain:
 
     def _consult(self, handler, args) -> FaultStatus:
         ctx = args[1] if len(args) > 1 and hasattr(args[1], "regs") else None
-        before = bytes(ctx._regs) if ctx is not None else None
+        before = bytes(ctx.raw) if ctx is not None else None
         try:
             status = handler(*args)
         except HandlerFailed:
@@ -114,11 +114,11 @@ class HandlerChain:
             raise HandlerFailed(self, handler, f"returned {status!r}, not a FaultStatus")
         if self.tracer is not None:
             changed = ()
-            if ctx is not None and bytes(ctx._regs) != before:
+            if ctx is not None and bytes(ctx.raw) != before:
                 old_regs = memoryview(before).cast("Q")
                 changed = tuple(
                     (name, old, new)
-                    for name, old, new in zip(REG_NAMES, old_regs, ctx._regs, strict=True)
+                    for name, old, new in zip(REG_NAMES, old_regs, ctx.raw, strict=True)
                     if old != new
                 )
             if not changed and status is FaultStatus.CONTINUE_NEXT_HANDLER and not self.trace_unchanged:
