@@ -26,115 +26,15 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections import deque
 
 import attrs
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from akaros_sim.costs import Costs
+from akaros_sim.vcore_state import EngineError, Entry, Interrupt, RunEnd, Vcore, VcoreState
 
 __all__ = ["Costs", "Engine", "EngineError", "Entry", "Event", "Interrupt", "RunEnd", "SimGreenlet", "Vcore",
-           "VcoreState"]
-
-
-class VcoreState(enum.Enum):
-    """A vcore as the kernel sees it."""
-
-    OFFLINE = "offline"
-    ONLINE = "online"
-    PREEMPTED = "preempted"
-
-
-_VC_TRANSITIONS = {
-    VcoreState.OFFLINE: {VcoreState.ONLINE},
-    VcoreState.ONLINE: {VcoreState.OFFLINE, VcoreState.PREEMPTED},
-    VcoreState.PREEMPTED: {VcoreState.ONLINE},
-}
-
-
-class Entry(enum.Enum):
-    """Why a fresh pass of vcore context starts (the `why` of a vcore_entry record)."""
-
-    PROCESS_START = "process_start"  # vcore 0 when the process becomes an MCP
-    GRANTED = "granted"  # the kernel granted an offline vcore
-    RESTART = "restart"  # a vcore preempted in uthread context is back
-    YIELD = "yield"  # a uthread called uthread_yield
-    NOTIFY = "notify"  # a notification interrupted the running uthread
-    FAULT = "fault"  # a hardware fault was reflected
-
-
-class Interrupt(enum.Enum):
-    """Why a uthread was stopped against its will (what a RAS restart reports as `why`)."""
-
-    NOTIFY = "notify"
-    FAULT = "fault"
-    PREEMPTED = "preempted"
-
-
-class RunEnd(enum.Enum):
-    """Why a run stopped."""
-
-    ALL_EXITED = "all uthreads exited"
-    PROCESS_EXITED = "process exited"
-    TIME_BUDGET = "virtual-time budget reached"
-    INSN_BUDGET = "instruction budget reached"
-    IDLE = "nothing left to run (every vcore yielded, no event pending)"
-
-
-class EngineError(RuntimeError):
-    """A broken precondition at a context switch (names the vcore, uthread and what was wrong)."""
-
-
-class Vcore:
-    """A virtual core.  Lifecycle: OFFLINE -> ONLINE (granted) -> OFFLINE (yield) or PREEMPTED -> ONLINE."""
-
-    def __init__(self, vcoreid: int) -> None:
-        self.id = vcoreid
-        # kernel
-        self._state = VcoreState.OFFLINE
-        self.clock = 0  # this vcore's virtual time, ns
-        self.unavailable_until = 0  # a preempted pcore comes back after this
-        self.preempt_pending = 0  # deadline of a preemption warning, 0 = none
-        self.pending_duration: int | None = None  # how long the warned pcore will be away
-        self.nr_preempts = 0
-        # VCPD: notifications and mailbox
-        self.notif_disabled = True
-        self.notif_pending = False
-        self.mailbox: deque = deque()
-        # parlib (its TLS): the uthread it runs or was interrupted from
-        self.current_uthread = None
-        # vcore tick (time slicing): period and expired-but-unpolled periods
-        self.tick_period = 0
-        self.tick_expired = 0
-        self.tick_event = None
-        self.storm: tuple | None = None  # a tick storm: (end_ns, min_insns, max_insns)
-        self.storm_left = 0  # guest instructions until its next tick
-        # engine: the greenlet to switch to when this vcore runs next
-        self.gl: greenlet | None = None
-        self.vgl: greenlet | None = None  # its vcore-context greenlet (one, reused)
-        self.entry: tuple[Entry, object] | None = None  # the next pass's reason and first action
-        self.in_vcore_ctx = False
-        self.spending: list | None = None  # [start, reached] of a spend() in progress
-        # statistics
-        self.busy_ns = 0  # time spent while online
-        self.uthread_ns = 0  # ... of it, running uthreads
-        self.switches = 0
-
-    @property
-    def state(self) -> VcoreState:
-        return self._state
-
-    def set_state(self, new: VcoreState) -> None:
-        if new not in _VC_TRANSITIONS[self._state]:
-            raise EngineError(f"vcore {self.id}: illegal transition {self._state.name} -> {new.name}")
-        self._state = new
-
-    @property
-    def online(self) -> bool:
-        return self._state is VcoreState.ONLINE
-
-    def __repr__(self) -> str:
-        return f"<Vcore {self.id} {self._state.name} t={self.clock}>"
+           "VcoreState"]  # the vocabulary lives in vcore_state.py and costs.py; the engine is where it is used
 
 
 @attrs.define(eq=False)
@@ -178,6 +78,10 @@ class _EndPass(BaseException):
         self.uth = uth
 
 
+class _UthreadDone(BaseException):
+    """Unwinds a finished uthread's greenlet to its top, where it ends (raised and caught only here)."""
+
+
 _FAR = 1 << 62  # "no limit": beyond any time a run can reach
 
 
@@ -206,6 +110,7 @@ class Engine:
         self.gl: greenlet | None = None  # the engine's own greenlet (the caller of run)
         self.now = 0  # the time of the last event handled or vcore step started
         self.until: int | None = None  # the run's virtual-time budget
+        self._stop_check = lambda: None  # the run's end test (set by run)
 
     # -- events ---------------------------------------------------------------------
 
@@ -326,13 +231,15 @@ class Engine:
         """
         nxt = self.next_event_time() if next_event is False else next_event
         horizon = _FAR if nxt is None else nxt - 1
+        me = vc.id
         for other in self.vcores:
-            if other is not vc and other.online:
-                limit = other.clock if other.id > vc.id else other.clock - 1
+            if other.online and other is not vc:
+                limit = other.clock if other.id > me else other.clock - 1
                 if limit < horizon:
                     horizon = limit
-        if self.until is not None and self.until - 1 < horizon:
-            horizon = self.until - 1
+        until = self.until
+        if until is not None and until - 1 < horizon:
+            horizon = until - 1
         return horizon
 
     # -- the loop -----------------------------------------------------------------------
@@ -352,6 +259,7 @@ class Engine:
         goes first, an event on a tie.  Returns TIME_BUDGET or IDLE itself.
         """
         self.gl = getcurrent()
+        self._stop_check = stop_check
         while True:
             end = stop_check()
             if end is not None:
@@ -374,18 +282,40 @@ class Engine:
     def step(self, vc: Vcore, next_event: int | None | bool = False) -> None:
         """Run `vc`'s code until it suspends (or its greenlet ends)."""
         self.current = vc
-        self.now = max(self.now, vc.clock)
+        if vc.clock > self.now:
+            self.now = vc.clock
         nxt = self.next_event_time() if next_event is False else next_event
         self.horizon = self.compute_horizon(vc, nxt)
-        self.event_horizon = min(x for x in (nxt, self.until, _FAR) if x is not None)
+        limit = _FAR if nxt is None else nxt
+        until = self.until
+        self.event_horizon = limit if until is None or limit < until else until
         try:
             vc.gl.switch()
         finally:
             self.current = None
 
     def _suspend(self, vc: Vcore) -> None:
-        vc.gl = getcurrent()
-        self.gl.switch()
+        """Leave vc's code here until it is furthest behind again.
+
+        When the next turn is another vcore's (no event due first, no end in
+        sight), hand over to it directly: what the loop would do, one greenlet
+        switch cheaper.  Anything else goes back to the loop.
+        """
+        me = vc.gl = getcurrent()
+        nxt = self.next_vcore()
+        t_ev = self.next_event_time()
+        if (nxt is None or (t_ev is not None and t_ev <= nxt.clock)
+                or (self.until is not None and nxt.clock >= self.until) or self._stop_check() is not None):
+            self.gl.switch()
+            return
+        self.current = nxt
+        if nxt.clock > self.now:
+            self.now = nxt.clock
+        self.horizon = self.compute_horizon(nxt, t_ev)
+        limit = _FAR if t_ev is None else t_ev
+        self.event_horizon = limit if self.until is None or limit < self.until else self.until
+        if nxt.gl is not me:
+            nxt.gl.switch()
 
     # -- the waist: vcore context ----------------------------------------------------------
 
@@ -467,10 +397,27 @@ class Engine:
                 continue
             raise EngineError(f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)")
 
+    def exit_uthread(self, vc: Vcore, entry: Entry, action) -> None:
+        """From uthread context: the uthread is done; end its greenlet and start vcore context (never returns).
+
+        The greenlet unwinds and dies into vc's vcore context instead of staying
+        suspended: nothing of a finished uthread is left to end at teardown.
+        """
+        cur = getcurrent()
+        if vc.in_vcore_ctx or cur is not vc.gl:
+            raise EngineError(f"vcore {vc.id}: a uthread exiting from outside uthread context")
+        vc.entry = (entry, action)
+        vc.in_vcore_ctx = True
+        vc.gl = self._vcore_greenlet(vc)
+        cur.parent = vc.gl  # where a finished greenlet goes
+        raise _UthreadDone()
+
     def _uthread_main(self, uth) -> None:
         try:
             self._uthread_body(uth)
             raise EngineError(f"uthread {uth.name!r}: its body returned instead of exiting")
+        except _UthreadDone:
+            return  # the greenlet ends here, and its parent, vcore context, runs the exit
         except Exception as exc:  # anything escaping a uthread ends the process with a report
             self._crash(exc)
             self.park()

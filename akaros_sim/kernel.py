@@ -174,7 +174,12 @@ class Kernel:
             self.engine.schedule(self._kernel_now() + self.costs.vcore_grant_ns, "grant", self._grant)
 
     def _restore_preempted(self, vc) -> None:
-        if vc.state is VcoreState.PREEMPTED and vc.in_vcore_ctx and self.state is not ProcState.DYING:
+        """The preempted vcore's pcore is back: restart it if it still holds something nobody
+        else can run (its own vcore context, or a uthread that was not stolen), as Akaros
+        restarts such a vcore, whatever amt_wanted says."""
+        if vc.state is not VcoreState.PREEMPTED or self.state is ProcState.DYING:
+            return
+        if vc.in_vcore_ctx or vc.current_uthread is not None:
             self.bring_online(vc, self.engine.now)
 
     def _free_vcores(self) -> list:
@@ -287,13 +292,12 @@ class Kernel:
             self.state = ProcState.WAITING
             self.amt_wanted = max(self.amt_wanted, 1)
         self.send_event(EventQueue(vc.id), EventMsg(EV_VCORE_PREEMPT, arg2=vc.id))
-        if vc.in_vcore_ctx:
-            # Its vcore context (and any uthread it held) is saved with it; nobody
-            # can steal from it.  Akaros has a peer change_to_vcore or restarts it
-            # from the bulk-preempted list; here the kernel restarts it as soon as
-            # its pcore is back, whatever amt_wanted says.
-            restart = vc.unavailable_until + self.costs.vcore_grant_ns
-            self.engine.schedule(restart, "restore", self._restore_preempted, vc)
+        # If its vcore context is saved with it, or its uthread is not stolen by
+        # then (nobody online, or DONT_MIGRATE), nobody else can run them.  Akaros
+        # has a peer change_to_vcore or restarts it from the bulk-preempted list;
+        # here the kernel restarts it as soon as its pcore is back.
+        restart = vc.unavailable_until + self.costs.vcore_grant_ns
+        self.engine.schedule(restart, "restore", self._restore_preempted, vc)
         self.engine.schedule(vc.unavailable_until, "ksched", self.poke_ksched)
         self.poke_ksched()
 

@@ -14,7 +14,9 @@ and enqueues the waiter before releasing the mutex.
 from __future__ import annotations
 
 from akaros_sim.running import ParlibError, current_proc, uthread_ctx
-from akaros_sim.uthread import UTH_EXT_BLK_MUTEX, Uthread, uthread_yield
+from akaros_sim.uthread import UTH_EXT_BLK_MUTEX, UthFlag, Uthread, uthread_yield
+
+_DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
 
 
 class SpinPdrLock:
@@ -26,11 +28,12 @@ class SpinPdrLock:
     away (preempted), until the next kernel event.
     """
 
-    __slots__ = ("name", "holder")
+    __slots__ = ("name", "holder", "uth")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.holder = None  # the Vcore holding it
+        self.uth = None  # the uthread holding it in uthread context (pinned to its vcore meanwhile)
 
     def lock(self, proc) -> None:
         engine = proc.engine
@@ -51,10 +54,21 @@ class SpinPdrLock:
                         "and nothing will bring it back (a deadlock)"
                     )
             engine.advance(max(proc.costs.spin_ns, target - vc.clock + 1))
-        self.holder = engine.current
+        vc = self.holder = engine.current
+        if vc is not None and not vc.in_vcore_ctx and vc.current_uthread is not None:
+            # uth_disable_notifs: a holder in uthread context must not migrate, so
+            # a preemption leaves it on its vcore, which the kernel brings back
+            uth = self.uth = vc.current_uthread
+            uth.notif_disabled_depth += 1
+            uth.flags |= _DONT_MIGRATE
 
     def unlock(self) -> None:
-        self.holder = None
+        uth = self.uth
+        self.holder = self.uth = None
+        if uth is not None and uth.notif_disabled_depth > 0:  # (a yield to vcore context has reset it)
+            uth.notif_disabled_depth -= 1
+            if uth.notif_disabled_depth == 0:
+                uth.flags &= ~_DONT_MIGRATE
 
 
 class UthSync:

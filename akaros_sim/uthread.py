@@ -297,6 +297,11 @@ def uthread_yield(proc, vc, uth: Uthread, save_state: bool, yield_func, arg=None
     the caller's decision and the switch spends time, so a spinlock the caller
     holds is released by yield_func in vcore context with no window between.
     """
+    proc.engine.enter_vcore_context(vc, Entry.YIELD, _yield_action(uth, save_state, yield_func, arg))
+
+
+def _yield_action(uth: Uthread, save_state: bool, yield_func, arg):
+    """Mark uth as on its way out; the returned action finishes __uthread_yield in vcore context."""
     uth.flags |= _DONT_MIGRATE
     if save_state:
         uth.flags |= _SAVED
@@ -308,7 +313,7 @@ def uthread_yield(proc, vc, uth: Uthread, save_state: bool, yield_func, arg=None
         yield_func(uth, arg)
         vc.current_uthread = None
 
-    proc.engine.enter_vcore_context(vc, Entry.YIELD, action)
+    return action
 
 
 def syscall(proc, uth: Uthread, nr: int, args) -> int:
@@ -341,10 +346,11 @@ def blockon_sysc(proc, uth: Uthread, sysc) -> None:
 
 
 def uthread_exit(proc, uth: Uthread, retval) -> None:
-    """Uthread context: end uth with retval (never returns)."""
+    """Uthread context: end uth with retval (never returns): its greenlet unwinds and ends,
+    and the exit callback runs in vcore context."""
     proc.engine.advance(proc.costs.python_step_ns)
-    uthread_yield(proc, proc.engine.current, uth, False, lambda uth, retval: _exit_cb(proc, uth, retval), retval)
-    raise UthreadRunError(f"uthread_exit: exited uthread {uth.name!r} was run again")
+    action = _yield_action(uth, False, lambda uth, retval: _exit_cb(proc, uth, retval), retval)
+    proc.engine.exit_uthread(proc.engine.current, Entry.YIELD, action)
 
 
 def _exit_cb(proc, uth: Uthread, retval) -> None:

@@ -21,8 +21,8 @@ from akaros_sim.kernel import SYS_block
 from akaros_sim.memory import PAGE_SIZE, Prot
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasError, RasTable
-from akaros_sim.tools.scenario import load_scenario, run_scenario
 from akaros_sim.simulation import RunEnd, Simulation
+from akaros_sim.tools.scenario import load_scenario, run_scenario
 from schedops.pthread import PthreadSched
 from schedops.roundrobin import RoundRobinSched
 

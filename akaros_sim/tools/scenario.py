@@ -90,11 +90,11 @@ import attrs
 from akaros_sim.asm import AsmError, assemble
 from akaros_sim.elf import ElfError, load_elf
 from akaros_sim.engine import Costs
-from akaros_sim.tools.expect import Check, Expectations, check_expectations, load_expect
 from akaros_sim.kernel import SYSCALL_NAMES
 from akaros_sim.memory import PAGE_SIZE, MemError, Prot
 from akaros_sim.program import Program
 from akaros_sim.simulation import RunResult, Simulation, SimulationError
+from akaros_sim.tools.expect import Check, Expectations, check_expectations, load_expect
 from akaros_sim.tools.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
 from akaros_sim.trace import Trace
 from akaros_sim.uthread import UthreadEntry
