@@ -275,7 +275,11 @@ class Engine:
             if event_first:
                 ev = self.pop_event()
                 self.now = max(self.now, ev.time)
-                ev.fn(*ev.args)
+                try:
+                    ev.fn(*ev.args)
+                except Exception as exc:  # kernel work or an injection failed: the process ends with a report
+                    exc.add_note(f"in kernel event {ev.kind!r} at t={ev.time}")
+                    self._crash(exc)
             else:
                 self.step(vc, t_ev)
 
@@ -431,8 +435,7 @@ class Engine:
 
     def run_setup(self, fn) -> None:
         """Run fn in a greenlet of this simulation (so parlib finds it), outside any vcore."""
-        gl = SimGreenlet(fn, getcurrent(), self._owner)
-        gl.switch()
+        self._new_greenlet(fn).switch()
 
     def park(self) -> None:
         """The process has ended: leave for the engine for good (the greenlet is ended at teardown)."""

@@ -245,7 +245,13 @@ class Process:
             self.finished = True
 
     def _setup(self) -> None:
-        # The SCP phase on vcore 0: sched_init, then the initial threads (thread0 making them).
+        """The SCP phase on vcore 0: sched_init, then the initial threads (thread0 making them)."""
+        try:
+            self._scp_phase()
+        except Exception as exc:  # a 2LS that fails in sched_init or thread_create: a report, not a traceback
+            self.crash(exc)
+
+    def _scp_phase(self) -> None:
         engine = self.engine
         vc0 = engine.vcores[0]
         vc0.set_state(VcoreState.ONLINE)

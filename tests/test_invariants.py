@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from akaros_sim import Prot, RunEnd, Simulation, TraceRecord, assemble, parlib
 from akaros_sim.kernel import SYS_gettime, SYS_getvcoreid, SYS_nanosleep, SYS_null
 from akaros_sim.parlib import CondVar, Mutex
+from akaros_sim.tools.perfetto import to_chrome
 from akaros_sim.tools.scenario import run_scenario
 from schedops.pthread import PthreadSched
 from schedops.roundrobin import RoundRobinSched
@@ -107,6 +108,9 @@ def test_shipped_scenario_trace_keeps_the_invariants(path):
     run = run_scenario(path)
     violations = check_trace(run.sim.trace.records)
     assert violations == [], f"{path.name}:\n" + "\n".join(violations)
+    # a causal trace draws no span backwards (the Perfetto export no longer clamps)
+    spans = [e for e in to_chrome(run.sim.trace)["traceEvents"] if e["ph"] == "X"]
+    assert spans and min(e["dur"] for e in spans) >= 0
 
 
 # -- the checker itself, on hand-written traces -------------------------------------------------------------

@@ -301,3 +301,30 @@ def test_a_seeded_policy_repeats_per_seed_and_differs_across_seeds():
     assert _random_order(0) == _random_order(0)
     orders = {seed: _random_order(seed)[0] for seed in (0, 1, 2)}
     assert orders == {0: "ddaddcacaabccbbb", 1: "babccccbadbdaadd", 2: "abcbabacdaccdddb"}
+
+
+class _FailingInit(PthreadSched):
+    def sched_init(self) -> None:
+        raise IndexError("no queues")
+
+
+def test_a_2ls_that_raises_in_sched_init_ends_the_process_with_a_report():
+    """An exception in sched_init (the SCP phase) is a report naming the op, not a traceback out of run()."""
+    sim = Simulation(2)
+    sim.set_sched(_FailingInit())
+    sim.spawn_python("a", lambda: 1)
+    result = sim.run()
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    assert result.report == "IndexError in sched_ops.sched_init of 2LS 'pthread': no queues"
+    assert [r.kind for r in sim.trace][-2:] == ["process_exit", "run_end"]
+
+
+def test_a_failing_injection_ends_the_process_with_a_report_naming_the_event():
+    """An injection that raises in kernel context ends the process; the report names the event and its time."""
+    sim = Simulation(1)
+    sim.set_sched(PthreadSched())
+    sim.spawn_python("a", parlib.compute, 10_000)
+    sim.at(2000, "broken", lambda: {}["missing"])
+    result = sim.run()
+    assert (result.end, result.exit_status, result.time_ns) == (RunEnd.PROCESS_EXITED, -1, 2000)
+    assert result.report.startswith("KeyError in kernel event 'inject' at t=2000: 'missing'")

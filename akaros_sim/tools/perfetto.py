@@ -62,11 +62,11 @@ def to_chrome(trace: Trace) -> dict:
         if vc in open_run:
             name, start = open_run.pop(vc)
             events.append({"ph": "X", "pid": PID, "tid": vc, "name": name, "cat": "uthread", "ts": _us(start),
-                           "dur": _us(max(t - start, 0))})  # fmt: skip
+                           "dur": _us(t - start)})  # fmt: skip
         if vc in open_vctx:
             start = open_vctx.pop(vc)
             events.append({"ph": "X", "pid": PID, "tid": vc, "name": "vcore context", "cat": "vcore", "ts": _us(start),
-                           "dur": _us(max(t - start, 0))})  # fmt: skip
+                           "dur": _us(t - start)})  # fmt: skip
 
     for rec in trace.records:
         vc = rec.vc
