@@ -14,7 +14,7 @@ from akaros_sim.sched_ops import ALL_OPS, OPTIONAL_OPS, REQUIRED_OPS, SchedOps, 
 from akaros_sim.simulation import RunEnd, Simulation
 from akaros_sim.uthread import Uthread, UthreadEntry
 from schedops.pthread import PthreadSched
-from schedops.thread0 import Thread0Error, Thread0Sched
+from schedops.thread0 import Thread0Sched
 
 
 def _op(*_args):
@@ -456,12 +456,14 @@ def test_thread0_blocking_syscall_yields_the_vcore_until_completion():
 
 
 def test_thread0_refuses_a_second_thread_at_setup():
-    """Two threads spawned under thread0: thread_create raises Thread0Error naming both."""
+    """Two threads spawned under thread0: thread_create raises Thread0Error naming both; the process ends with it."""
     sim = _thread0_sim()
     sim.spawn_python("one", _op)
     sim.spawn_python("two", _op)
-    with pytest.raises(Thread0Error, match=r"^thread0 2LS asked to create more threads \('two' after 'one'\)"):
-        sim.run()
+    res = sim.run()
+    assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    assert res.report == ("Thread0Error in sched_ops.thread_create of 2LS 'thread0': "
+                          "thread0 2LS asked to create more threads ('two' after 'one')")
 
 
 def test_thread0_refuses_a_second_thread_at_run_time():
