@@ -288,3 +288,17 @@ def test_top_level_help_lists_every_verb():
     assert (proc.returncode, proc.stderr) == (0, "")
     listed = re.findall(r"^    (\w+) ", proc.stdout, flags=re.M)
     assert listed == list(VERBS)
+
+
+def test_output_piped_into_a_reader_that_leaves_ends_quietly():
+    """`akaros-sim explain BIG | head -1`: the verb stops when the reader closes the pipe, exit 0, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "akaros_sim.tools.cli", "explain", "scenarios/mmap_stress.toml"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0
+    assert first.startswith(b"scenarios/mmap_stress.toml: ")
+    assert err == b""
