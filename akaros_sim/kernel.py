@@ -143,6 +143,7 @@ class Kernel:
         self.report: str | None = None  # why the process died, when it did not simply exit
         self.console: list[str] = []
         self._grant_pending = 0
+        self._online = 0  # vcores ONLINE (num_vcores), kept by set_vcore_state
         self._sysc_ids = 0
         self.latency_override: dict[int, int] = {}
         self._next_mmap = MMAP_BASE
@@ -150,7 +151,13 @@ class Kernel:
     # -- vcores ---------------------------------------------------------------------------
 
     def num_vcores(self) -> int:
-        return sum(1 for vc in self.engine.vcores if vc.online)
+        return self._online
+
+    def set_vcore_state(self, vc, new: VcoreState) -> None:
+        """Change a vcore's state, keeping the count of online vcores."""
+        was = vc.online
+        vc.set_state(new)
+        self._online += vc.online - was
 
     def request_total(self, total: int) -> None:
         """vcore_request_total: raise amt_wanted (capped at max) and poke the ksched."""
@@ -211,7 +218,7 @@ class Kernel:
     def bring_online(self, vc, t: int) -> None:
         """The kernel starts `vc` at time t: fresh at vcore_entry, or back in its saved vcore context."""
         was_preempted = vc.state is VcoreState.PREEMPTED
-        vc.set_state(VcoreState.ONLINE)
+        self.set_vcore_state(vc, VcoreState.ONLINE)
         vc.clock = max(vc.clock, t)
         self.state = ProcState.RUNNING_M
         if was_preempted and vc.gl is not None and vc.in_vcore_ctx:
@@ -233,7 +240,7 @@ class Kernel:
         elif self.amt_wanted >= self.num_vcores():
             return False
         vc.preempt_pending = 0
-        vc.set_state(VcoreState.OFFLINE)
+        self.set_vcore_state(vc, VcoreState.OFFLINE)
         self.proc.trace_event(vc, "vcore_offline", nice=being_nice, amt_wanted=self.amt_wanted)
         if being_nice:
             # The kernel wanted this pcore: it stays away as if preempted (for
@@ -274,7 +281,7 @@ class Kernel:
         self.engine.cut_short(vc)
         vc.preempt_pending = 0
         vc.nr_preempts += 1
-        vc.set_state(VcoreState.PREEMPTED)
+        self.set_vcore_state(vc, VcoreState.PREEMPTED)
         if vc.tick_event is not None:
             vc.tick_event.cancelled = True
             vc.tick_event = None

@@ -64,6 +64,8 @@ class Process:
         self.seed = seed
         self.rng = random.Random(seed)
         self.trace = trace
+        self.tracing = trace.enabled  # False: no record is built at all (hot paths check this first)
+        self._op_ns = costs.sched_op_ns
         self._facade = weakref.ref(facade)  # the Simulation: never held strongly from inside
         # the machine
         self.mem = AddressSpace()
@@ -113,6 +115,8 @@ class Process:
         Runtime details are plain values by construction, so they skip the checks
         `Trace.emit` makes for records from user code.
         """
+        if not self.tracing:
+            return
         engine = self.engine
         if vc is None:
             vc = engine.current
@@ -150,9 +154,18 @@ class Process:
         op = getattr(self.ops, name)
         if op is None:
             raise ProcessError(f"sched_ops {self.ops.name!r}: op {name} is missing")
-        self.engine.advance(self.costs.sched_op_ns)
-        subject = args[0] if args and isinstance(args[0], Uthread) else None
-        self.trace_event(None, "op", uth=subject, op=name, args=tuple(map(_describe_arg, args)))
+        engine = self.engine
+        engine.advance(self._op_ns)
+        if self.tracing:
+            vc = engine.current
+            a0 = args[0] if args else None
+            if isinstance(a0, Uthread):
+                subject = a0.name
+            else:
+                cur = vc.current_uthread if vc is not None else None
+                subject = cur.name if cur is not None else ""
+            self.trace.add(engine.time(), vc.id if vc is not None else -1, subject, "op",
+                           (("op", name), ("args", tuple([_describe_arg(a) for a in args]))))  # fmt: skip
         try:
             return op(*args)
         except Exception as exc:
@@ -254,7 +267,7 @@ class Process:
     def _scp_phase(self) -> None:
         engine = self.engine
         vc0 = engine.vcores[0]
-        vc0.set_state(VcoreState.ONLINE)
+        self.kernel.set_vcore_state(vc0, VcoreState.ONLINE)
         self.trace_event(None, "sched_init", sched=self.ops.name)
         self.call_op("sched_init")
         for entry in self.pending_threads:
@@ -295,9 +308,12 @@ class Process:
         self.cpu.release()
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
 def _describe_arg(arg):
     """A deterministic short form of an op argument for the trace."""
-    if arg is None or isinstance(arg, (bool, int, str)):
+    if type(arg) in _PLAIN or isinstance(arg, (bool, int, str)):
         return arg
     name = getattr(arg, "name", None)
     if isinstance(name, str):

@@ -64,13 +64,15 @@ class Simulation:
     """One process: memory, CPU, vcores, kernel, 2LS, trace, seeded RNG."""
 
     def __init__(self, vcores: int = 1, *, seed: int = 0, costs: Costs | None = None, trace=None) -> None:
+        """Build an empty process.  `trace`: None for a fresh Trace, a Trace to fill, or False for none."""
         if not isinstance(vcores, int) or isinstance(vcores, bool) or vcores < 1:
             raise SimulationError(f"Simulation: expected vcores >= 1, got {vcores!r}")
         if vcores > MAX_VCORES:
             raise SimulationError(f"Simulation: expected vcores <= {MAX_VCORES}, got {vcores!r}")
         self.seed = seed
         self.costs = costs or Costs()
-        trace = trace if trace is not None else Trace({"seed": seed, "vcores": vcores})
+        if trace is None or trace is False:  # False: keep no records at all (results and statistics only)
+            trace = Trace({"seed": seed, "vcores": vcores}, enabled=trace is None)
         self.proc = Process(vcores, seed, self.costs, trace, self)
         self.result: RunResult | None = None
 

@@ -34,6 +34,13 @@ def _check_value(value):
     raise TypeError(f"trace details hold ints, strings, bools, None and tuples; got {type(value).__name__} {value!r}")
 
 
+def _row_json(t: int, vc: int, uth: str, kind: str, details: tuple) -> str:
+    obj = {"t": t, "vc": vc, "uth": uth, "kind": kind}
+    for k, v in details:
+        obj[k] = list(v) if isinstance(v, tuple) else v
+    return json.dumps(obj, separators=(",", ":"))
+
+
 @attrs.frozen
 class TraceRecord:
     """One transition."""
@@ -51,10 +58,7 @@ class TraceRecord:
         return default
 
     def to_json(self) -> str:
-        obj = {"t": self.t, "vc": self.vc, "uth": self.uth, "kind": self.kind}
-        for k, v in self.details:
-            obj[k] = list(v) if isinstance(v, tuple) else v
-        return json.dumps(obj, separators=(",", ":"))
+        return _row_json(self.t, self.vc, self.uth, self.kind, self.details)
 
     @classmethod
     def from_json(cls, line: str) -> TraceRecord:
@@ -65,13 +69,33 @@ class TraceRecord:
 
 
 class Trace:
-    """The records of one run, in order.  Lifecycle: emit during the run; write/hash after."""
+    """The records of one run, in order.  Lifecycle: emit during the run; write/hash after.
 
-    def __init__(self, header: dict | None = None) -> None:
+    The runtime appends plain tuples (cheap on the hot path); the TraceRecord
+    objects are built when someone reads `records`, once each.  A Trace made
+    with `enabled=False` keeps nothing at all: the runtime then skips building
+    records (see Process.tracing), for runs that only want results.
+    """
+
+    def __init__(self, header: dict | None = None, *, enabled: bool = True) -> None:
         self.header = {"format": FORMAT, **(header or {})}
-        self.records: list[TraceRecord] = []
+        self.enabled = enabled
+        self._rows: list[tuple] = []  # (t, vc, uth, kind, details) in emission order
+        self._built: list[TraceRecord] = []  # TraceRecords of a prefix of _rows
 
-    def emit(self, t: int, vc: int, uth: str, kind: str, /, **details) -> TraceRecord:
+    @property
+    def records(self) -> list[TraceRecord]:
+        rows, built = self._rows, self._built
+        if len(built) < len(rows):
+            built.extend(TraceRecord(*row) for row in rows[len(built):])
+        return built
+
+    @records.setter
+    def records(self, records: list[TraceRecord]) -> None:
+        self._built = list(records)
+        self._rows = [(r.t, r.vc, r.uth, r.kind, r.details) for r in self._built]
+
+    def emit(self, t: int, vc: int, uth: str, kind: str, /, **details) -> TraceRecord | None:
         if not _RESERVED.isdisjoint(details):
             clash = sorted(_RESERVED.intersection(details))
             raise ValueError(f"trace record {kind!r}: detail key(s) {', '.join(clash)} are reserved")
@@ -80,31 +104,34 @@ class Trace:
             if type(v) not in _PLAIN:
                 items = tuple((k, _check_value(v)) for k, v in items)
                 break
-        return self.add(t, vc, uth, kind, items)
+        if not self.enabled:
+            return None
+        self._rows.append((t, vc, uth, kind, items))
+        return self.records[-1]
 
-    def add(self, t: int, vc: int, uth: str, kind: str, details: tuple) -> TraceRecord:
+    def add(self, t: int, vc: int, uth: str, kind: str, details: tuple) -> None:
         """Append a record whose details are already plain (key, value) pairs: the runtime's path."""
-        rec = TraceRecord(t, vc, uth, kind, details)
-        self.records.append(rec)
-        return rec
+        if self.enabled:
+            self._rows.append((t, vc, uth, kind, details))
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._rows)
 
     def __iter__(self):
         return iter(self.records)
 
     def of_kind(self, *kinds: str) -> list[TraceRecord]:
-        return [r for r in self.records if r.kind in kinds]
+        records = self.records
+        return [records[i] for i, row in enumerate(self._rows) if row[3] in kinds]
 
     def counts(self) -> dict[str, int]:
         """Number of records per kind, sorted by kind."""
-        return dict(sorted(Counter(r.kind for r in self.records).items()))
+        return dict(sorted(Counter(row[3] for row in self._rows).items()))
 
     def lines(self) -> Iterable[str]:
         yield json.dumps(self.header, separators=(",", ":"), sort_keys=True)
-        for rec in self.records:
-            yield rec.to_json()
+        for row in self._rows:
+            yield _row_json(*row)
 
     def to_jsonl(self) -> str:
         buf = io.StringIO()

@@ -57,6 +57,10 @@ _UTH_TRANSITIONS = {
 }
 
 
+# The table again, keyed by value and as tuples: a member's own hash is a Python call.
+_UTH_NEXT = {old.value: tuple(new) for old, new in _UTH_TRANSITIONS.items()}
+
+
 class UthFlag(enum.IntFlag):
     """Parlib's uthread flags (uthread.h) that this simulator models."""
 
@@ -169,7 +173,7 @@ class Uthread:
         return self._state is UthState.EXITED or self._state is UthState.REAPED
 
     def set_state(self, new: UthState) -> None:
-        if new not in _UTH_TRANSITIONS[self._state]:
+        if new not in _UTH_NEXT[self._state._value_]:
             raise UthreadStateError(f"uthread {self.name!r}: illegal transition {self._state.name} -> {new.name}")
         self._state = new
 
