@@ -23,7 +23,6 @@ it is built with, nothing above it.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 
@@ -57,25 +56,25 @@ class SimGreenlet(greenlet):
         self.uth = uth
 
 
-class _Pass(enum.Enum):
-    """How a pass of vcore context ends."""
-
-    RUN = "run a uthread"
-    OFFLINE = "vcore offline"
-    RESTART = "restart vcore_entry"
-
-
 class _EndPass(BaseException):
     """Unwinds a vcore-context pass to the top of its greenlet (sched_entry never returns).
 
     A BaseException so that `except Exception` in 2LS code does not catch it.
-    Raised only here; caught only by `Engine._vcore_main`.
+    Raised only here and caught only by `Engine._vcore_main`; one subclass per
+    way a pass ends, raised as a class (no per-raise Python __init__).
     """
 
-    def __init__(self, how: _Pass, uth=None) -> None:
-        super().__init__(how)
-        self.how = how
-        self.uth = uth
+
+class _RunNext(_EndPass):
+    """The pass ends by running vc.next_uth."""
+
+
+class _Offline(_EndPass):
+    """The pass ends with the vcore given back to the kernel."""
+
+
+class _Restart(_EndPass):
+    """The pass starts over at vcore_entry."""
 
 
 class _UthreadDone(BaseException):
@@ -351,15 +350,16 @@ class Engine:
         elif uth.greenlet.dead:
             raise EngineError(f"vcore {vc.id}: uthread {uth.name!r} has finished and cannot run")
         vc.switches += 1
-        raise _EndPass(_Pass.RUN, uth)
+        vc.next_uth = uth
+        raise _RunNext
 
     def vcore_offline(self, vc: Vcore) -> None:
         """From vcore context: the kernel took the vcore back; end this pass (never returns)."""
-        raise _EndPass(_Pass.OFFLINE)
+        raise _Offline
 
     def restart_vcore_entry(self, vc: Vcore) -> None:
         """From vcore context: start this pass over at vcore_entry, on a fresh stack (never returns)."""
-        raise _EndPass(_Pass.RESTART)
+        raise _Restart
 
     def _vcore_greenlet(self, vc: Vcore) -> greenlet:
         if vc.vgl is None or vc.vgl.dead:
@@ -372,13 +372,29 @@ class Engine:
         A pass ends by switching away, and whoever switches back means "start
         vcore context again": a uthread entering it, or the kernel starting vc.
         """
+        vcore_entry = self._vcore_entry
         try:
             while True:
                 entry, action = vc.entry
                 vc.entry = None
-                how, uth = self._one_pass(vc, entry, action)
+                restarted = False
+                while True:
+                    try:
+                        vc.notif_disabled = True
+                        vcore_entry(vc, entry, action, restarted)
+                        raise EngineError(
+                            f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)"
+                        )
+                    except _RunNext:
+                        uth, vc.next_uth = vc.next_uth, None
+                        break
+                    except _Offline:
+                        uth = None
+                        break
+                    except _Restart:
+                        restarted, action = True, None
                 vc.in_vcore_ctx = False
-                if how is _Pass.RUN:
+                if uth is not None:
                     vc.gl = uth.greenlet
                     uth.greenlet.switch()
                 else:  # offline: wait for the kernel to start this vcore again
@@ -387,19 +403,6 @@ class Engine:
         except Exception as exc:  # anything escaping vcore context ends the process with a report
             self._crash(exc)
             self.park()
-
-    def _one_pass(self, vc: Vcore, entry: Entry, action) -> tuple[_Pass, object]:
-        restarted = False
-        while True:
-            try:
-                vc.notif_disabled = True
-                self._vcore_entry(vc, entry, action, restarted)
-            except _EndPass as end:
-                if end.how is not _Pass.RESTART:
-                    return end.how, end.uth
-                restarted, action = True, None
-                continue
-            raise EngineError(f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)")
 
     def exit_uthread(self, vc: Vcore, entry: Entry, action) -> None:
         """From uthread context: the uthread is done; end its greenlet and start vcore context (never returns).

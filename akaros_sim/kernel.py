@@ -164,7 +164,8 @@ class Kernel:
         total = min(total, self.max_vcores)
         if total > self.amt_wanted:
             self.amt_wanted = total
-        self.poke_ksched()
+        if self._online + self._grant_pending < self.amt_wanted:
+            self.poke_ksched()
 
     def poke_ksched(self) -> None:
         """Grant vcores, after the grant latency, until amt_wanted are online or coming."""

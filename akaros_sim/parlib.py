@@ -116,13 +116,17 @@ def vcore_yield(preempt_pending: bool = False) -> None:
 def handle_events() -> int:
     """Vcore context: drain this vcore's mailbox; the number of messages handled."""
     proc, vc = vcore_ctx("handle_events")
+    if not vc.mailbox:  # the common case, without a call
+        vc.notif_pending = False
+        return 0
     return _vcore.handle_events(proc, vc)
 
 
 def check_preempt_pending() -> None:
     """Vcore context: on a preempt_pending warning, hand back the current uthread and yield nicely."""
     proc, vc = vcore_ctx("check_preempt_pending")
-    _vcore.check_preempt_pending(proc, vc)
+    if vc.preempt_pending:
+        _vcore.check_preempt_pending(proc, vc)
 
 
 def vcore_tick_enable(period_ns: int) -> None:
@@ -157,13 +161,19 @@ def vcore_tick_poll() -> int:
 def run_uthread(uth: Uthread) -> None:
     """Vcore context: run uth, which must not be running (never returns)."""
     proc, vc = vcore_ctx("run_uthread")
-    _checked("run_uthread", _uth.run_uthread, proc, vc, uth)
+    try:  # (inline, not through _checked: this frame is unwound on every switch)
+        _uth.run_uthread(proc, vc, uth)
+    except _uth.UthreadRunError as exc:
+        raise ParlibError(str(exc)) from None
 
 
 def run_current_uthread() -> None:
     """Vcore context: resume the uthread this vcore was interrupted from (never returns)."""
     proc, vc = vcore_ctx("run_current_uthread")
-    _checked("run_current_uthread", _uth.run_current_uthread, proc, vc)
+    try:
+        _uth.run_current_uthread(proc, vc)
+    except _uth.UthreadRunError as exc:
+        raise ParlibError(str(exc)) from None
 
 
 def stop_current_uthread() -> Uthread:

@@ -24,14 +24,16 @@ def current_proc(fn: str):
     if proc.finished:
         raise GreenletExit()  # the run is over and this greenlet is being unwound: do nothing more
     uth = cur.uth
-    if uth is not None and uth.has_exited:
+    if uth is not None and uth.done:
         raise GreenletExit()  # an exited uthread being unwound (its finally blocks must not act)
     return proc
 
 
 def vcore_ctx(fn: str):
     """(process, vcore) for a function that must be called from vcore context."""
-    proc = current_proc(fn)
+    proc = getattr(getcurrent(), "proc", None)
+    if proc is None or proc.finished:
+        proc = current_proc(fn)  # the slow path names what is wrong
     vc = proc.engine.current
     if vc is None or not vc.in_vcore_ctx:
         raise ParlibError(f"{fn}: must be called from vcore context")
@@ -40,8 +42,11 @@ def vcore_ctx(fn: str):
 
 def uthread_ctx(fn: str):
     """(process, vcore, uthread) for a function that must be called from a running uthread."""
-    proc = current_proc(fn)
-    uth = getcurrent().uth
+    cur = getcurrent()
+    proc = getattr(cur, "proc", None)
+    uth = cur.uth if proc is not None else None
+    if proc is None or proc.finished or (uth is not None and uth.done):
+        proc = current_proc(fn)  # the slow path names what is wrong
     vc = proc.engine.current
     if uth is None or vc is None or vc.in_vcore_ctx or vc.current_uthread is not uth:
         raise ParlibError(f"{fn}: must be called from a running uthread")

@@ -109,6 +109,11 @@ class Trace:
         self._rows.append((t, vc, uth, kind, items))
         return self.records[-1]
 
+    def appender(self):
+        """A callable taking one row tuple (t, vc, uth, kind, details) for the runtime's hot paths,
+        or None when this trace keeps nothing."""
+        return self._rows.append if self.enabled else None
+
     def add(self, t: int, vc: int, uth: str, kind: str, details: tuple) -> None:
         """Append a record whose details are already plain (key, value) pairs: the runtime's path."""
         if self.enabled:

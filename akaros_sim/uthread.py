@@ -138,6 +138,7 @@ class Uthread:
         self.id = -1  # assigned by uthread_init, in creation order
         # parlib (uthread.c)
         self._state = UthState.NOT_RUNNING
+        self.done = False  # EXITED or REAPED (has_exited; a plain field read on every parlib call)
         self.flags = int(UthFlag.SAVED)  # UthFlag bits, kept as a plain int (cheap arithmetic)
         self.sysc = None  # the syscall it is blocked on, if any
         self.join_state = JoinState.DETACHED if entry.detached else JoinState.JOINABLE
@@ -170,12 +171,13 @@ class Uthread:
     @property
     def has_exited(self) -> bool:
         """Its code has finished (EXITED or REAPED)."""
-        return self._state is UthState.EXITED or self._state is UthState.REAPED
+        return self.done
 
     def set_state(self, new: UthState) -> None:
         if new not in _UTH_NEXT[self._state._value_]:
             raise UthreadStateError(f"uthread {self.name!r}: illegal transition {self._state.name} -> {new.name}")
         self._state = new
+        self.done = new is UthState.EXITED or new is UthState.REAPED
 
     def set_join_state(self, new: JoinState) -> None:
         if new not in _JOIN_TRANSITIONS[self.join_state]:
@@ -197,6 +199,9 @@ _SAVED = int(UthFlag.SAVED)
 _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
 _NOT_RUNNING = UthState.NOT_RUNNING
 _RUNNING = UthState.RUNNING
+
+
+_HOW = {how: (("how", how),) for how in ("run_uthread", "run_current_uthread", "fault_fixed")}
 
 
 # -- vcore context: starting and resuming uthreads -------------------------------------------------
@@ -254,11 +259,13 @@ def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
     engine = proc.engine
     engine.advance(proc.costs.context_switch_ns)
     if not resume:
-        uth.set_state(_RUNNING)
+        uth._state = _RUNNING  # NOT_RUNNING -> RUNNING: checked by the callers
     vc.current_uthread = uth
     uth.vcore = vc
     uth.flags &= ~_SAVED
-    proc.trace_event(vc, "run", uth=uth, how=how)
+    record = proc.record
+    if record is not None:
+        record((vc.clock, vc.id, uth.name, "run", _HOW[how]))
     if uth.interrupted is not None:
         why, uth.interrupted = uth.interrupted, None
         proc.resume_chain(uth, uth.ctx, why.value)
@@ -312,7 +319,7 @@ def _yield_action(uth: Uthread, save_state: bool, yield_func, arg):
 
     def action(vc):
         uth.flags &= ~_DONT_MIGRATE
-        uth.set_state(_NOT_RUNNING)
+        uth._state = _NOT_RUNNING  # RUNNING -> NOT_RUNNING: it was running to call this
         uth.notif_disabled_depth = 0
         yield_func(uth, arg)
         vc.current_uthread = None

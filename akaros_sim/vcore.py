@@ -28,13 +28,19 @@ _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
 def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
     """The program of a fresh pass of vcore context (never returns normally)."""
     proc.engine.advance(proc.costs.vcore_entry_ns)
-    if not restarted:
+    record = proc.record
+    if record is not None and not restarted:
         cur = vc.current_uthread
-        proc.trace_event(vc, "vcore_entry", why=entry.value, cur=cur.name if cur is not None else None)
+        name = cur.name if cur is not None else None
+        record((vc.clock, vc.id, name or "", "vcore_entry", (("why", entry.value), ("cur", name))))
     if action is not None:
         action(vc)
-    handle_events(proc, vc)
-    check_preempt_pending(proc, vc)
+    if vc.mailbox:
+        handle_events(proc, vc)
+    else:
+        vc.notif_pending = False
+    if vc.preempt_pending:
+        check_preempt_pending(proc, vc)
     proc.call_op("sched_entry")
 
 

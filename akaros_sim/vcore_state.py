@@ -94,6 +94,7 @@ class Vcore:
         self.vgl: greenlet | None = None  # its vcore-context greenlet (one, reused)
         self.entry: tuple[Entry, object] | None = None  # the next pass's reason and first action
         self.in_vcore_ctx = False
+        self.next_uth = None  # the uthread a pass chose to run (read when the pass has unwound)
         self.spending: list | None = None  # [start, reached] of a spend() in progress
         # statistics
         self.busy_ns = 0  # time spent while online
