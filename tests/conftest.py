@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
+from hypothesis import settings
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from akaros_sim.context import UserContext
 from akaros_sim.cpu import Cpu
 from akaros_sim.memory import AddressSpace, Prot
+
+# Property tests draw the same examples on every run and every machine: a red CI
+# is a reproducible failure, never luck.  (HYPOTHESIS_PROFILE=explore draws anew.)
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 CODE = 0x400000
 DATA = 0x600000
