@@ -346,7 +346,7 @@ class Engine:
         if getcurrent() is not vc.gl or not vc.in_vcore_ctx:
             raise EngineError(f"vcore {vc.id}: run_uthread({uth.name!r}) called outside its vcore context")
         if uth.greenlet is None:
-            uth.greenlet = self._new_greenlet(lambda: self._uthread_main(uth), uth)
+            uth.greenlet = self._new_greenlet(self._uthread_main, uth)
         elif uth.greenlet.dead:
             raise EngineError(f"vcore {vc.id}: uthread {uth.name!r} has finished and cannot run")
         vc.switches += 1
@@ -419,7 +419,8 @@ class Engine:
         cur.parent = vc.gl  # where a finished greenlet goes
         raise _UthreadDone()
 
-    def _uthread_main(self, uth) -> None:
+    def _uthread_main(self) -> None:
+        uth = getcurrent().uth  # (not a closure per uthread: a live uthread stays small)
         try:
             self._uthread_body(uth)
             raise EngineError(f"uthread {uth.name!r}: its body returned instead of exiting")

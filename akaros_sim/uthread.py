@@ -127,8 +127,16 @@ class UthreadEntry:
 class Uthread:
     """A user thread.  A 2LS may subclass it to embed its own fields (as pthread_tcb does).
 
-    Fields are grouped by owner, as in xv6's struct proc.
+    Fields are grouped by owner, as in xv6's struct proc.  Slots keep a live
+    uthread small (a 2LS subclass may add its own `__slots__`, or use the
+    instance dict, which is made only when first needed).
     """
+
+    __slots__ = (
+        "entry", "name", "kind", "id", "_state", "done", "flags", "sysc", "join_state", "joiner", "join_kref",
+        "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "sig_pending",
+        "sigdata", "interrupted", "greenlet", "vcore", "insns", "__dict__",
+    )  # fmt: skip
 
     def __init__(self, entry: UthreadEntry) -> None:
         # identity (set at creation, never changed)
@@ -147,8 +155,8 @@ class Uthread:
         self.join_result: Any = None  # what the joined uthread returned (set for its joiner)
         self.exit_value: Any = None  # what it returned or passed to uthread_exit
         self.notif_disabled_depth = 0
-        # saved machine state: registers for guest code (Python uthreads use it for call_guest)
-        self.ctx = UserContext()
+        # saved machine state: registers for guest code (a Python uthread gets one when it needs it)
+        self._ctx: UserContext | None = None
         self.stack_lo = 0  # guest stack [stack_lo, stack_hi), a guard page below
         self.stack_hi = 0
         self.tls = 0  # guest address of its TLS block (fs_base): [0] vcore id, [8] uthread id
@@ -161,6 +169,18 @@ class Uthread:
         self.greenlet: greenlet | None = None
         self.vcore = None  # the vcore it last ran on
         self.insns = 0  # guest instructions it has retired
+
+    @property
+    def ctx(self) -> UserContext:
+        """Its saved registers (made on first use: most Python uthreads never run guest code)."""
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = UserContext()
+        return ctx
+
+    @ctx.setter
+    def ctx(self, ctx: UserContext) -> None:
+        self._ctx = ctx
 
     # -- state machines ------------------------------------------------------------
 
@@ -215,7 +235,8 @@ def run_uthread(proc, vc, uth: Uthread) -> None:
         )
     if uth._state is not _NOT_RUNNING:
         raise UthreadRunError(f"run_uthread({uth.name!r}): expected NOT_RUNNING, it is {uth._state.name}")
-    if uth.ctx.fault_pending:
+    ctx = uth._ctx
+    if ctx is not None and ctx.fault_pending:
         # a reflected fault still to handle (e.g. it was paused before its vcore saw it)
         handle_refl_fault(proc, vc, uth)
     _pop(proc, vc, uth, "run_uthread")
@@ -226,7 +247,8 @@ def run_current_uthread(proc, vc) -> None:
     uth = vc.current_uthread
     if uth is None:
         raise UthreadRunError(f"run_current_uthread: vcore {vc.id} has no current_uthread")
-    if uth.ctx.fault_pending:
+    ctx = uth._ctx
+    if ctx is not None and ctx.fault_pending:
         vc.current_uthread = None
         uth.flags |= _SAVED
         uth.set_state(_NOT_RUNNING)

@@ -89,6 +89,8 @@ _BLOCKED = frozenset(
 class PthreadTcb(Uthread):
     """pthread_tcb: a uthread plus the 2LS's own fields."""
 
+    __slots__ = ("pth_state", "pth_id")
+
     def __init__(self, entry, pth_id: int) -> None:
         super().__init__(entry)
         self.pth_state = PthState.CREATED
