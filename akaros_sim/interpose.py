@@ -22,8 +22,13 @@ the trace so far is kept.
 from __future__ import annotations
 
 import enum
+import struct
+from itertools import compress
+from operator import ne
 
 from akaros_sim.context import REG_NAMES
+
+_REGS = struct.Struct(f"<{len(REG_NAMES)}Q")  # a context's registers, as Unicorn lays them out
 
 
 class FaultStatus(enum.Enum):
@@ -102,7 +107,7 @@ class HandlerChain:
         return self.previous(*args)
 
     def _consult(self, handler, args) -> FaultStatus:
-        ctx = args[1] if len(args) > 1 and hasattr(args[1], "regs") else None
+        ctx = args[1] if self.tracer is not None and len(args) > 1 and hasattr(args[1], "regs") else None
         before = bytes(ctx.raw) if ctx is not None else None
         try:
             status = handler(*args)
@@ -114,12 +119,12 @@ class HandlerChain:
             raise HandlerFailed(self, handler, f"returned {status!r}, not a FaultStatus")
         if self.tracer is not None:
             changed = ()
-            if ctx is not None and bytes(ctx.raw) != before:
-                old_regs = memoryview(before).cast("Q")
+            after = bytes(ctx.raw) if ctx is not None else None
+            if after != before:
+                old_regs, new_regs = _REGS.unpack(before), _REGS.unpack(after)
                 changed = tuple(
-                    (name, old, new)
-                    for name, old, new in zip(REG_NAMES, old_regs, ctx.raw, strict=True)
-                    if old != new
+                    (REG_NAMES[i], old_regs[i], new_regs[i])
+                    for i in compress(range(len(REG_NAMES)), map(ne, old_regs, new_regs))
                 )
             if not changed and status is FaultStatus.CONTINUE_NEXT_HANDLER and not self.trace_unchanged:
                 return status

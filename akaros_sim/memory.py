@@ -31,6 +31,7 @@ from unicorn import UC_PROT_ALL, Uc
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+_U64 = struct.Struct("<Q")
 # User addresses are [USER_MIN, USER_TOP): page 0 stays unmapped so NULL
 # faults, and the top 64 KiB below the canonical hole hold the emulated
 # machine's GDT and boot code (see cpu.py).
@@ -315,10 +316,27 @@ class AddressSpace:
             # Unicorn does not invalidate translated code on host writes (issues #1148, #2258).
             self.uc.ctl_remove_cache(addr, addr + len(data))
 
+    def _word(self, addr: int):
+        """(buffer, offset) of an 8-byte word in one backed page of a data VMR, else None (the general path)."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0 or addr & (PAGE_SIZE - 1) > PAGE_SIZE - 8:
+            return None
+        vmr = self._vmrs[i]
+        if addr + 8 > vmr.end or vmr.prot & Prot.EXEC or not vmr.backed[(addr - vmr.start) >> PAGE_SHIFT]:
+            return None
+        return vmr.buf, vmr.buf_off + addr - vmr.start
+
     def read_u64(self, addr: int) -> int:
+        word = self._word(addr) if addr >= 0 else None
+        if word is not None:
+            return _U64.unpack_from(*word)[0]
         return struct.unpack("<Q", self.read(addr, 8))[0]
 
     def write_u64(self, addr: int, value: int) -> None:
+        word = self._word(addr) if addr >= 0 else None
+        if word is not None:  # one backed data page: straight into its buffer (no translated code to drop)
+            _U64.pack_into(word[0], word[1], value & 0xFFFF_FFFF_FFFF_FFFF)
+            return
         self.write(addr, struct.pack("<Q", value & 0xFFFF_FFFF_FFFF_FFFF))
 
     def read_u32(self, addr: int) -> int:

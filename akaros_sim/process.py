@@ -70,6 +70,8 @@ class Process:
         self.tracing = trace.enabled  # False: no record is built at all (hot paths check this first)
         self.record = trace.appender()  # hot paths append a row tuple themselves (None: tracing off)
         self._op_ns = costs.sched_op_ns
+        self._op_details: dict[str, dict[str, tuple]] = {}  # op -> uthread name -> its records' details
+        self.entry_details: dict[tuple, tuple] = {}  # (why, current uthread) -> a vcore_entry's details
         self._facade = weakref.ref(facade)  # the Simulation: never held strongly from inside
         # the machine
         self.mem = AddressSpace()
@@ -85,7 +87,8 @@ class Process:
         self.ops = None
         self.ev_handlers: dict[int, list] = {}
         self.chains: dict[str, HandlerChain] = {}  # op name -> the process's own chain on it
-        self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, self.trace_chain, False, False)
+        tracer = self.trace_chain if self.tracing else None  # no tracer: a chain skips its register diffs
+        self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, tracer, False, False)
         self.extable = None  # the ExtableHandler, once a program with an extable is loaded
         self.ras = None  # the RasHandler, once a sequence is declared
         # uthreads and programs
@@ -163,20 +166,27 @@ class Process:
         record = self.record
         if record is not None:
             vc = engine.current
-            a0 = args[0] if args else None
-            if isinstance(a0, Uthread):
-                subject = a0.name
+            if len(args) == 1 and isinstance(args[0], Uthread):  # most ops: one uthread
+                subject = args[0].name
+                by_uth = self._op_details.get(name)
+                if by_uth is None:
+                    by_uth = self._op_details[name] = {}
+                details = by_uth.get(subject)
+                if details is None:  # one tuple per (op, uthread), reused: records stay cheap to keep
+                    details = by_uth[subject] = (("op", name), ("args", (subject,)))
             else:
-                cur = vc.current_uthread if vc is not None else None
-                subject = cur.name if cur is not None else ""
-            if len(args) == 1 and a0.__class__ is not int and isinstance(a0, Uthread):
-                described = (subject,)
-            else:
+                a0 = args[0] if args else None
+                if isinstance(a0, Uthread):
+                    subject = a0.name
+                else:
+                    cur = vc.current_uthread if vc is not None else None
+                    subject = cur.name if cur is not None else ""
                 described = tuple([a.name if isinstance(a, Uthread) else _describe_arg(a) for a in args])
+                details = (("op", name), ("args", described))
             if vc is not None:
-                record((vc.clock, vc.id, subject, "op", (("op", name), ("args", described))))
+                record((vc.clock, vc.id, subject, "op", details))
             else:
-                record((engine.now, -1, subject, "op", (("op", name), ("args", described))))
+                record((engine.now, -1, subject, "op", details))
         try:
             return op(*args)
         except Exception as exc:

@@ -151,7 +151,8 @@ class Simulation:
         proc = self.proc
         chain = proc.chains.get(op_name)
         if chain is None:
-            chain = proc.chains[op_name] = HandlerChain(None, op_name, None, proc.trace_chain)
+            tracer = proc.trace_chain if proc.tracing else None
+            chain = proc.chains[op_name] = HandlerChain(None, op_name, None, tracer)
             if proc.ops is not None:
                 self._install_chain(chain)
         return chain

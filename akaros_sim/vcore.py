@@ -32,7 +32,10 @@ def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
     if record is not None and not restarted:
         cur = vc.current_uthread
         name = cur.name if cur is not None else None
-        record((vc.clock, vc.id, name or "", "vcore_entry", (("why", entry.value), ("cur", name))))
+        details = proc.entry_details.get((entry, name))
+        if details is None:
+            details = proc.entry_details[(entry, name)] = (("why", entry.value), ("cur", name))
+        record((vc.clock, vc.id, name or "", "vcore_entry", details))
     if action is not None:
         action(vc)
     if vc.mailbox:
