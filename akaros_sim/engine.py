@@ -88,16 +88,17 @@ class Engine:
     """Time, events and the switching of vcores between contexts.
 
     Built with the callables it runs and knows nothing else about:
-    `vcore_entry(vc, entry, action, restarted)` is the program of a vcore-context
-    pass; `uthread_body(uth)` the program of a uthread's greenlet; `crash(exc)`
+    `vcore_entry(vc, entry, action, restarted)` then `sched_entry()` are the
+    program of a vcore-context pass; `uthread_body(uth)` the program of a uthread's greenlet; `crash(exc)`
     is told of an exception that escaped either, and ends the process.
     """
 
-    def __init__(self, nvcores: int, costs: Costs, *, owner, vcore_entry, uthread_body, crash) -> None:
+    def __init__(self, nvcores: int, costs: Costs, *, owner, vcore_entry, sched_entry, uthread_body, crash) -> None:
         self.costs = costs
         self.vcores = [Vcore(i) for i in range(nvcores)]
         self._owner = owner  # what SimGreenlet.proc holds (the engine never looks inside it)
         self._vcore_entry = vcore_entry
+        self._sched_entry = sched_entry
         self._uthread_body = uthread_body
         self._crash = crash
         self._heap: list[tuple[int, int, int, Event]] = []
@@ -372,7 +373,7 @@ class Engine:
         A pass ends by switching away, and whoever switches back means "start
         vcore context again": a uthread entering it, or the kernel starting vc.
         """
-        vcore_entry = self._vcore_entry
+        vcore_entry, sched_entry = self._vcore_entry, self._sched_entry
         try:
             while True:
                 entry, action = vc.entry
@@ -382,6 +383,7 @@ class Engine:
                     try:
                         vc.notif_disabled = True
                         vcore_entry(vc, entry, action, restarted)
+                        sched_entry()
                         raise EngineError(
                             f"vcore {vc.id}: sched_entry returned (it must run a uthread or yield the vcore)"
                         )

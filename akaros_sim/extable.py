@@ -111,8 +111,10 @@ class ExtableHandler:
         if entry is None:
             return FaultStatus.CONTINUE_NEXT_HANDLER
         self.hits[old] += 1
-        apply(entry, ctx, self.sim.mem)
-        self.sim.trace_event(None, "extable_fixup", uth=uth, insn=old, fixup=ctx.rip, type=_TYPE_NAME[entry.type],
+        proc = self.sim
+        apply(entry, ctx, proc.mem)
+        if proc.tracing:  # with the trace off, no record is built at all
+            proc.trace_event(None, "extable_fixup", uth=uth, insn=old, fixup=ctx.rip, type=_TYPE_NAME[entry.type],
                              trap=trap)  # fmt: skip
         return FaultStatus.FAULT_FIXED
 

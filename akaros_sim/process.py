@@ -78,6 +78,7 @@ class Process:
         self.cpu = Cpu(self.mem)
         # the rooms
         self.engine = Engine(vcores, costs, owner=self, vcore_entry=functools.partial(vcore_entry, self),
+                             sched_entry=functools.partial(self.call_op, "sched_entry"),
                              uthread_body=self._uthread_body, crash=self.crash)  # fmt: skip
         self.kernel = Kernel(self, vcores)
         self.guest = Guest(self)

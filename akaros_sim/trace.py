@@ -80,20 +80,27 @@ class Trace:
     def __init__(self, header: dict | None = None, *, enabled: bool = True) -> None:
         self.header = {"format": FORMAT, **(header or {})}
         self.enabled = enabled
-        self._rows: list[tuple] = []  # (t, vc, uth, kind, details) in emission order
-        self._built: list[TraceRecord] = []  # TraceRecords of a prefix of _rows
+        # Five fields a record, flat, in emission order: no container object per record, so
+        # a long trace adds nothing for the cyclic garbage collector to look at.
+        self._flat: list = []
+        self._built: list[TraceRecord] = []  # TraceRecords of a prefix of the records
+
+    def _rows(self, start: int = 0):
+        flat = self._flat
+        for i in range(5 * start, len(flat), 5):
+            yield flat[i : i + 5]
 
     @property
     def records(self) -> list[TraceRecord]:
-        rows, built = self._rows, self._built
-        if len(built) < len(rows):
-            built.extend(TraceRecord(*row) for row in rows[len(built):])
+        built = self._built
+        if 5 * len(built) < len(self._flat):
+            built.extend(TraceRecord(*row) for row in self._rows(len(built)))
         return built
 
     @records.setter
     def records(self, records: list[TraceRecord]) -> None:
         self._built = list(records)
-        self._rows = [(r.t, r.vc, r.uth, r.kind, r.details) for r in self._built]
+        self._flat = [field for r in self._built for field in (r.t, r.vc, r.uth, r.kind, r.details)]
 
     def emit(self, t: int, vc: int, uth: str, kind: str, /, **details) -> TraceRecord | None:
         if not _RESERVED.isdisjoint(details):
@@ -106,36 +113,36 @@ class Trace:
                 break
         if not self.enabled:
             return None
-        self._rows.append((t, vc, uth, kind, items))
+        self._flat += (t, vc, uth, kind, items)
         return self.records[-1]
 
     def appender(self):
-        """A callable taking one row tuple (t, vc, uth, kind, details) for the runtime's hot paths,
-        or None when this trace keeps nothing."""
-        return self._rows.append if self.enabled else None
+        """A callable taking one record as a tuple (t, vc, uth, kind, details), for the runtime's
+        hot paths, or None when this trace keeps nothing."""
+        return self._flat.extend if self.enabled else None
 
     def add(self, t: int, vc: int, uth: str, kind: str, details: tuple) -> None:
         """Append a record whose details are already plain (key, value) pairs: the runtime's path."""
         if self.enabled:
-            self._rows.append((t, vc, uth, kind, details))
+            self._flat += (t, vc, uth, kind, details)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._flat) // 5
 
     def __iter__(self):
         return iter(self.records)
 
     def of_kind(self, *kinds: str) -> list[TraceRecord]:
         records = self.records
-        return [records[i] for i, row in enumerate(self._rows) if row[3] in kinds]
+        return [records[i] for i, kind in enumerate(self._flat[3::5]) if kind in kinds]
 
     def counts(self) -> dict[str, int]:
         """Number of records per kind, sorted by kind."""
-        return dict(sorted(Counter(row[3] for row in self._rows).items()))
+        return dict(sorted(Counter(self._flat[3::5]).items()))
 
     def lines(self) -> Iterable[str]:
         yield json.dumps(self.header, separators=(",", ":"), sort_keys=True)
-        for row in self._rows:
+        for row in self._rows():
             yield _row_json(*row)
 
     def to_jsonl(self) -> str:

@@ -26,7 +26,8 @@ _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
 
 
 def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
-    """The program of a fresh pass of vcore context (never returns normally)."""
+    """Steps 1-4 of a fresh pass of vcore context; the engine then calls sched_entry (step 5),
+    from the top of the pass, so a switch to a uthread unwinds as few frames as it can."""
     proc.engine.advance(proc.costs.vcore_entry_ns)
     record = proc.record
     if record is not None and not restarted:
@@ -44,7 +45,6 @@ def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
         vc.notif_pending = False
     if vc.preempt_pending:
         check_preempt_pending(proc, vc)
-    proc.call_op("sched_entry")
 
 
 def handle_events(proc, vc) -> int:

@@ -19,17 +19,31 @@ in a new interpreter started on the benchmark's own file:
 The child runs the named task with the keyword arguments and prints its
 result as one JSON line, the last on stdout; the parent reads it back.  A
 failing child fails the benchmark with the child's stderr.
+
+What every benchmark prints is here too.  Timing is CPU time of the
+measuring process (`cpu_ns`, time.process_time_ns): what the simulator
+costs, not what other programs on the machine cost it.  Each figure is
+measured once per repetition and printed as the min and the median over the
+repetitions (`Figures`); ratios are computed from medians:
+
+    table = Figures(repetitions=5)
+    table.header()
+    table.row("raw greenlet round trip", samples_us, "us")
+    table.value("trace on / trace off", median(on) / median(off))
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 FLAG = "--one"
+cpu_ns = time.process_time_ns  # the benchmarks' clock
 
 
 def fresh(script: str, task: str, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -57,3 +71,38 @@ def serve(tasks: dict[str, Callable[..., Any]]) -> bool:
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
     return True
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+class Figures:
+    """Aligned lines: a label, then the min and the median of a figure's samples, a unit and a note."""
+
+    def __init__(self, repetitions: int, width: int = 56, fmt: str = "10.2f") -> None:
+        self.repetitions = repetitions
+        self.width = width
+        self.fmt = fmt
+        self.cols = int(fmt.split(".")[0])
+
+    def header(self) -> None:
+        """The column heads: which statistic each number column is."""
+        print(f"{'':<{self.width}} {'min':>{self.cols}} {'median':>{self.cols}}   "
+              f"(of {self.repetitions} repetitions)")  # fmt: skip
+
+    def row(self, label: str, samples: Iterable[float], unit: str, fmt: str | None = None, note: str = "") -> None:
+        """One figure: the min and the median of its samples (already in `unit`)."""
+        values = list(samples)
+        f = fmt or self.fmt
+        text = f"{label + ':':<{self.width}} {min(values):{f}} {median(values):{f}} {unit}"
+        print(f"{text}  {note}" if note else text)
+
+    def value(self, label: str, value: float, fmt: str | None = None, note: str = "") -> None:
+        """A figure computed from medians (a ratio): one number, in the median column."""
+        f = fmt or self.fmt
+        text = f"{label + ':':<{self.width}} {'':>{self.cols}} {value:{f}}"
+        print(f"{text}  {note}" if note else text)

@@ -13,23 +13,23 @@ each), so every run does the same total work, U * C * NS ns of uthread time
     greenlet (one switch pair per compute call), what the schedule costs with
     no simulator at all.
 
-Figures are host time of Simulation.run() (time.perf_counter), medians over
-R repetitions.  Every repetition of every figure runs in a new interpreter
-(bench/_fresh.py), so no run measures a process grown by earlier ones; (a),
-(b) and (c) are interleaved so machine noise hits all alike.  If the first
-repetition shows that R of them would take longer than --budget seconds, fewer
-are run and a line says so.  --quick is a small workload (C = 20 calls of
-1,000 ns) for a runtime on which (b) is very slow.
+Figures are CPU time of Simulation.run() (time.process_time_ns), printed as
+the min and the median of R repetitions.  Every repetition of every figure
+runs in a new interpreter (bench/_fresh.py), so no run measures a process
+grown by earlier ones; (a), (b) and (c) are interleaved so machine noise hits
+all alike.  If the first repetition shows that R of them would take longer
+than --budget seconds, fewer are run and a line says so.  --quick is a small
+workload (C = 20 calls of 1,000 ns) for a runtime on which (b) is very slow.
 
-Last line: `compute ratio: X`, host time of (b) over (a) (lower is better;
-about 1 when four vcores cost no more host time than one for the same work).
+Last line: `compute ratio: X`, median host time of (b) over that of (a)
+(lower is better; about 1 when four vcores cost no more host time than one
+for the same work).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import sys
 import time
 from collections import deque
@@ -42,7 +42,7 @@ from greenlet import getcurrent, greenlet  # noqa: E402
 from akaros_sim import parlib  # noqa: E402
 from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from schedops.pthread import PthreadSched  # noqa: E402
-from _fresh import fresh, serve  # noqa: E402
+from _fresh import Figures, cpu_ns, fresh, median, serve  # noqa: E402
 
 FULL = {"calls": 20, "ns": 100_000}
 QUICK = {"calls": 20, "ns": 1_000}
@@ -58,9 +58,9 @@ def _simulate(vcores: int, uthreads: int, calls: int, ns: int):
     sim.set_sched(PthreadSched())
     for i in range(uthreads):
         sim.spawn_python(f"w{i}", _worker, calls, ns)
-    t0 = time.perf_counter()
+    t0 = cpu_ns()
     result = sim.run()
-    return time.perf_counter() - t0, result, sim
+    return (cpu_ns() - t0) / 1e9, result, sim
 
 
 def sim_run(vcores: int, uthreads: int, calls: int, ns: int) -> dict:
@@ -91,13 +91,13 @@ def raw_run(uthreads: int, calls: int) -> dict:
                 hub.switch()
 
         ready = deque(greenlet(body) for _ in range(n))
-        t0 = time.perf_counter()
+        t0 = cpu_ns()
         while ready:
             gl = ready.popleft()
             gl.switch()
             if not gl.dead:
                 ready.append(gl)
-        return time.perf_counter() - t0
+        return (cpu_ns() - t0) / 1e9
 
     schedule(2)  # warm
     return {"seconds": schedule(uthreads)}
@@ -112,12 +112,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, help=f"compute calls per uthread (C, default {FULL['calls']})")
     parser.add_argument("--ns", type=int, help=f"ns per compute call (default {FULL['ns']:,})")
     parser.add_argument("--vcores", type=int, default=4, help="vcores of (b)")
-    parser.add_argument("--repeat", type=int, help="repetitions; medians are printed (default 5, 3 with --quick)")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions (at least 5); min and median are printed")
     parser.add_argument("--budget", type=float, default=60.0, help="host seconds allowed for all repetitions")
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     u, calls, ns = args.uthreads, args.calls or base["calls"], args.ns or base["ns"]
-    repeat = args.repeat or (3 if args.quick else 5)
+    repeat = args.repeat
     timeout = max(60.0, 5 * args.budget)  # a child that never ends fails the bench instead of hanging it
 
     samples: dict[str, list[dict]] = {"raw": [], "one": [], "many": []}
@@ -136,31 +136,29 @@ def main() -> None:
                       f"ran {fits}")  # fmt: skip
                 repeat = fits
 
-    med = statistics.median
+    def fig(key: str, field: str) -> list[float]:
+        return [s[field] for s in samples[key]]
 
-    def fig(key: str, field: str) -> float:
-        return med(s[field] for s in samples[key])
-
-    one, many, raw = fig("one", "seconds"), fig("many", "seconds"), fig("raw", "seconds")
+    one, many, raw = (median(fig(key, "seconds")) for key in ("one", "many", "raw"))
     n_calls = u * calls
-
-    def line(label: str, value: str) -> None:
-        print(f"{label + ':':<56} {value}")
 
     print(f"workload: {u} Python uthreads x {calls} compute({ns:,} ns) = {calls * ns / 1e6:g} ms virtual each, "
           f"pthread 2LS, {done} fresh-process repetitions")  # fmt: skip
-    line(f"raw greenlets, {u} x {calls} hub round trips", f"{raw * 1e3:10.3f} ms host")
+    table = Figures(done, width=44, fmt="9.3f")
+    table.header()
+    table.row(f"raw greenlets, {u} x {calls} hub round trips", [x * 1e3 for x in fig("raw", "seconds")], "ms host")
     for key, vcores in (("one", 1), ("many", args.vcores)):
-        host = fig(key, "seconds")
-        line(
+        host = median(fig(key, "seconds"))
+        table.row(
             f"{vcores} vcore{'s' if vcores > 1 else ''}, Simulation.run",
-            f"{host * 1e3:10.3f} ms host  ({host / n_calls * 1e6:.1f} us per compute call, "
-            f"{fig(key, 'time_ns') / 1e6:g} ms virtual, {int(fig(key, 'records')):,} trace records, "
-            f"{int(fig(key, 'busy_vcores'))} busy, peak RSS {fig(key, 'max_rss_kib') / 1024:.0f} MiB)",
+            [x * 1e3 for x in fig(key, "seconds")],
+            "ms host",
+            note=f"({host / n_calls * 1e6:.1f} us per compute call, {median(fig(key, 'time_ns')) / 1e6:g} ms virtual, "
+            f"{int(median(fig(key, 'records'))):,} trace records, {int(median(fig(key, 'busy_vcores')))} busy, "
+            f"peak RSS {median(fig(key, 'max_rss_kib')) / 1024:.0f} MiB)",
         )
-    line("1 vcore over raw greenlets (host)", f"{one / raw:10.1f}")
+    table.value("1 vcore over raw greenlets (host, medians)", one / raw, fmt="9.1f")
     print(f"compute ratio: {many / one:.2f}")
-
 
 if __name__ == "__main__":
     main()

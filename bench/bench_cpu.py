@@ -10,19 +10,19 @@
 (b) A fault turned into a TrapStop record, against a raw fault round trip
     (emu_start -> unmapped read -> UcError -> read rip).
 
-Figures are medians over R repetitions; each repetition runs (a) and (b),
-interleaved, in a new interpreter (bench/_fresh.py), so none measures a
-process grown by the ones before.  Last line: `cpu ratio: X.XX`, our
-throughput over raw (higher is better).
+Times are CPU time of the measuring process (time.process_time_ns).  Each
+repetition runs (a) and (b), interleaved, in a new interpreter
+(bench/_fresh.py), so none measures a process grown by the ones before;
+every figure is printed as the min and the median of R repetitions
+(bench/_fresh.py).  Last line: `cpu ratio: X.XX`, our median throughput over
+the faster raw configuration's median (higher is better).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +35,7 @@ from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 from akaros_sim.context import UserContext  # noqa: E402
 from akaros_sim.cpu import Cpu  # noqa: E402
 from akaros_sim.memory import AddressSpace, Prot  # noqa: E402
-from _fresh import fresh, serve  # noqa: E402
+from _fresh import Figures, cpu_ns, fresh, median, serve  # noqa: E402
 
 SLICE = 10_000
 CODE, DATA, STACK = 0x400000, 0x600000, 0x800000
@@ -92,11 +92,11 @@ def raw_slices_per_second(uc: Uc, entry: int, slices: int, slice_insns: int = SL
     uch = uc._uch
     uclib.uc_emu_start(uch, entry, 0, 0, slice_insns)  # warm the translation cache
     uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    t0 = time.perf_counter()
+    t0 = cpu_ns()
     for _ in range(slices):
         uclib.uc_emu_start(uch, rip.value, 0, 0, slice_insns)
         uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    return slices * slice_insns / (time.perf_counter() - t0)
+    return slices * slice_insns / (cpu_ns() - t0) * 1e9
 
 
 def raw_machine(virtual_tlb: bool) -> Uc:
@@ -125,10 +125,10 @@ def sim_machine(source: str) -> tuple[Cpu, UserContext]:
 def sim_throughput(slices: int) -> float:
     cpu, ctx = sim_machine(LOOP)
     cpu.run(ctx, SLICE)
-    t0 = time.perf_counter()
+    t0 = cpu_ns()
     for _ in range(slices):
         cpu.run(ctx, SLICE)
-    return slices * SLICE / (time.perf_counter() - t0)
+    return slices * SLICE / (cpu_ns() - t0) * 1e9
 
 
 def raw_fault_us(n: int) -> float:
@@ -136,7 +136,7 @@ def raw_fault_us(n: int) -> float:
     uc.mem_write(CODE, asm(FAULT, CODE))
     uc.reg_write(x86.UC_X86_REG_RAX, 0x500000)
     rip = ctypes.c_uint64()
-    t0 = time.perf_counter()
+    t0 = cpu_ns()
     for _ in range(n):
         try:
             uc.emu_start(CODE, 0, count=SLICE)
@@ -144,17 +144,17 @@ def raw_fault_us(n: int) -> float:
             pass
         uclib.uc_reg_read(uc._uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
     assert rip.value == CODE
-    return (time.perf_counter() - t0) / n * 1e6
+    return (cpu_ns() - t0) / n / 1e3
 
 
 def sim_fault_us(n: int) -> float:
     cpu, ctx = sim_machine(FAULT)
-    t0 = time.perf_counter()
+    t0 = cpu_ns()
     for _ in range(n):
         ctx.rip = CODE
         stop = cpu.run(ctx, SLICE)
     assert stop.trap_nr == 14 and stop.aux == 0x500000
-    return (time.perf_counter() - t0) / n * 1e6
+    return (cpu_ns() - t0) / n / 1e3
 
 
 def repetition(slices: int, faults: int) -> dict[str, float]:
@@ -173,22 +173,24 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=300, help="slices of 10,000 instructions per measurement")
-    parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions (at least 5); min and median are printed")
     parser.add_argument("--faults", type=int, default=2000, help="faults per measurement")
     args = parser.parse_args()
 
     reps = [fresh(__file__, "repetition", slices=args.slices, faults=args.faults) for _ in range(args.repeat)]
-    raw_default, raw_virtual, sim = ([r[k] for r in reps] for k in ("raw_default", "raw_virtual", "sim"))
+    raw_default, raw_virtual, sim = ([r[k] / 1e6 for r in reps] for k in ("raw_default", "raw_virtual", "sim"))
     raw_f, sim_f = ([r[k] for r in reps] for k in ("raw_f", "sim_f"))
-    med = statistics.median
-    raw_best = max(med(raw_default), med(raw_virtual))
-    print(f"raw emu_start count={SLICE}, default TLB:      {med(raw_default) / 1e6:7.1f} Minsn/s")
-    print(f"raw emu_start count={SLICE}, virtual TLB+fill: {med(raw_virtual) / 1e6:7.1f} Minsn/s")
-    print(f"akaros_sim Cpu.run budget={SLICE}:             {med(sim) / 1e6:7.1f} Minsn/s")
-    print(f"raw fault round trip:                        {med(raw_f):7.1f} us")
-    print(f"akaros_sim fault -> TrapStop:                {med(sim_f):7.1f} us")
-    print(f"fault cost ratio (ours / raw):               {med(sim_f) / med(raw_f):7.2f}")
-    print(f"cpu ratio: {med(sim) / raw_best:.2f}")
+    raw_best = max(median(raw_default), median(raw_virtual))
+    table = Figures(args.repeat, width=46, fmt="8.1f")
+    table.header()
+    table.row(f"raw emu_start count={SLICE}, default TLB", raw_default, "Minsn/s")
+    table.row(f"raw emu_start count={SLICE}, virtual TLB+fill", raw_virtual, "Minsn/s")
+    table.row(f"akaros_sim Cpu.run budget={SLICE}", sim, "Minsn/s",
+              note=f"({1e3 / median(sim):.1f} ns per guest instruction)")  # fmt: skip
+    table.row("raw fault round trip", raw_f, "us")
+    table.row("akaros_sim fault -> TrapStop", sim_f, "us")
+    table.value("fault cost ratio (ours / raw, medians)", median(sim_f) / median(raw_f), fmt="8.2f")
+    print(f"cpu ratio: {median(sim) / raw_best:.2f}")
 
 
 if __name__ == "__main__":

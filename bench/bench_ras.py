@@ -31,23 +31,45 @@ increments; afterwards the counter must be exactly N (checked).
 (d) raw Unicorn: (a)'s loop alone, run by `emu_start` in slices of the
     storm's mean interval: the emulation floor, without any simulator.
 
-Per variant, host time of Simulation.run() divided by N (whole-run cost per
-increment: emulation, vcore context, the 2LS, tracing), and the run's
-virtual time divided by N.  Figures are medians over R repetitions,
-interleaved so machine noise hits all alike; each repetition runs in a new
-interpreter (bench/_fresh.py), so none measures a process grown by the ones
-before.  Last line: `ras ratio: X.XX`, host time per increment of (a) over
-(b) (lower is better; 1.00 means the RAS costs nothing over an atomic
-instruction at this interruption rate).
+Per variant, CPU time of Simulation.run() (time.process_time_ns; building
+the simulation is not timed) divided by N (whole-run cost per increment:
+emulation, vcore context, the 2LS, tracing), and the run's virtual time and
+guest instructions divided by N (deterministic: the same every repetition).
+Each repetition runs every variant, interleaved so machine noise hits all
+alike, in a new interpreter (bench/_fresh.py), so none measures a process
+grown by the ones before; host figures are printed as the min and the median
+of R repetitions.  Last line: `ras ratio: X.XX`, median host time per
+increment of (a) over that of (b).
+
+What the ras ratio can show: how much more host time the simulator spends
+per increment when the increment is a RAS than when it is `lock xadd`, at
+this interruption rate, on one vcore.  That is the RAS handler consulted on
+every interrupted resume, the restarts' re-executed instructions, and the
+RAS loop's one extra instruction per increment (5 against 4; the storm
+counts instructions, so that also means proportionally more ticks and
+switches).  1.00 would mean the RAS machinery costs the simulator nothing
+over an atomic instruction.
+
+What it cannot show:
+- Which is faster on a real machine.  Unicorn emulates `lock xadd` at about
+  the price of a plain add (no bus lock, no cache-line transfer), and
+  virtual time charges every instruction `insn_ns` alike, so the real price
+  of an atomic (tens of cycles uncontended, far more contended) is in
+  neither the host nor the virtual figure.
+- Anything about several vcores.  A RAS is atomic only against interruption
+  on its own vcore (a uniprocessor technique); the comparison is valid on
+  one vcore, where both counters end exact.  On two, the RAS counter would
+  lose updates and `lock xadd`'s would not.
+- Another interruption rate: with rarer ticks the ratio tends to the
+  instruction-count ratio (5/4) plus little; with denser ticks the
+  restarts and the handler weigh more.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,7 +83,7 @@ from akaros_sim.asm import assemble  # noqa: E402
 from akaros_sim.engine import Costs  # noqa: E402
 from akaros_sim.simulation import RunEnd, Simulation  # noqa: E402
 from schedops.roundrobin import RoundRobinSched  # noqa: E402
-from _fresh import fresh, serve  # noqa: E402
+from _fresh import Figures, cpu_ns, fresh, median, serve  # noqa: E402
 
 STORM_MIN, STORM_MAX = 400, 900  # instructions between ticks
 SEED = 1
@@ -105,26 +127,26 @@ def storm_sim(tick_ns: int = 0) -> Simulation:
     return sim
 
 
-def finish(sim: Simulation, counter: int, n: int, t0: float) -> tuple[float, float, dict]:
-    """Run, check the count, and return (host us per increment, virtual ns per increment, trace counts)."""
+def finish(sim: Simulation, counter: int, n: int) -> tuple[float, float, float, dict]:
+    """Run, check the count; (host us, virtual ns, guest instructions) per increment, and the trace counts."""
+    t0 = cpu_ns()
     result = sim.run()
-    elapsed = time.perf_counter() - t0
+    elapsed = cpu_ns() - t0
     if result.end is not RunEnd.ALL_EXITED or sim.mem.read_u64(counter) != n:
         raise SystemExit(f"bench: run ended {result.end.name} with counter {sim.mem.read_u64(counter)}, expected {n}")
-    return elapsed / n * 1e6, result.time_ns / n, result.counts
+    return elapsed / n / 1e3, result.time_ns / n, result.insns / n, result.counts
 
 
-def guest_variant(source: str, n: int, threads: int) -> tuple[float, float, dict]:
+def guest_variant(source: str, n: int, threads: int) -> tuple[float, float, float, dict]:
     program = assemble(source, BASE, name="bench")
-    t0 = time.perf_counter()
     sim = storm_sim()
     sim.load(program)
     for i in range(threads):
         sim.spawn_guest(f"w{i}", program.symbols["worker"], n // threads, program.symbols["counter"])
-    return finish(sim, program.symbols["counter"], n, t0)
+    return finish(sim, program.symbols["counter"], n)
 
 
-def mutex_variant(n: int, threads: int) -> tuple[float, float, dict]:
+def mutex_variant(n: int, threads: int) -> tuple[float, float, float, dict]:
     data = assemble(".data\ncounter: .quad 0", BASE, name="bench")
     counter = data.symbols["counter"]
 
@@ -144,11 +166,10 @@ def mutex_variant(n: int, threads: int) -> tuple[float, float, dict]:
         for uth in workers:
             parlib.uthread_join(uth)
 
-    t0 = time.perf_counter()
     sim = storm_sim(tick_ns=(STORM_MIN + STORM_MAX) // 2 * Costs().insn_ns)
     sim.load(data)
     sim.spawn_python("main", main)
-    return finish(sim, counter, n, t0)
+    return finish(sim, counter, n)
 
 
 def raw_variant(n: int) -> float:
@@ -165,14 +186,14 @@ def raw_variant(n: int) -> float:
     slice_insns = (STORM_MIN + STORM_MAX) // 2
     rip = ctypes.c_uint64(program.symbols["worker"])
     uch = uc._uch
-    t0 = time.perf_counter()
+    t0 = cpu_ns()
     while rip.value != end:
         uclib.uc_emu_start(uch, rip.value, end, 0, slice_insns)
         uclib.uc_reg_read(uch, x86.UC_X86_REG_RIP, ctypes.byref(rip))
-    elapsed = time.perf_counter() - t0
+    elapsed = cpu_ns() - t0
     if int.from_bytes(uc.mem_read(program.symbols["counter"], 8), "little") != n:
         raise SystemExit("bench: raw loop miscounted")
-    return elapsed / n * 1e6
+    return elapsed / n / 1e3
 
 
 def repetition(n: int, nm: int, u: int) -> dict[str, list]:
@@ -194,35 +215,48 @@ def main() -> None:
     parser.add_argument("--increments", type=int, default=40_000, help="increments per guest run (N)")
     parser.add_argument("--mutex-increments", type=int, default=4_000, help="increments per Mutex run")
     parser.add_argument("--threads", type=int, default=4, help="uthreads sharing the counter (U)")
-    parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are printed")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions (at least 5); min and median are printed")
     args = parser.parse_args()
     n, nm, u = args.increments - args.increments % args.threads, args.mutex_increments, args.threads
     nm -= nm % u
 
     reps = [fresh(__file__, "repetition", n=n, nm=nm, u=u) for _ in range(args.repeat)]
     samples: dict[str, list] = {key: [r[key] for r in reps] for key in ("ras", "xadd", "mutex", "raw")}
-    med = statistics.median
 
-    def host(key):
-        return med(s[0] for s in samples[key])
+    def host(key: str) -> list[float]:
+        return [s[0] for s in samples[key]]
 
-    def virt(key):
-        return med(s[1] for s in samples[key])
+    def fixed(key: str) -> tuple[float, float, dict]:
+        """(virtual ns, guest instructions) per increment and the trace counts: the same every repetition."""
+        _, virtual, insns, counts = samples[key][0]
+        return virtual, insns, counts
 
-    ras_counts, mutex_counts = samples["ras"][0][2], samples["mutex"][0][2]
+    def med(key: str) -> float:
+        return median(host(key))
+
+    (ras_v, ras_i, ras_c), (xadd_v, xadd_i, xadd_c), (mutex_v, _, mutex_c) = map(fixed, ("ras", "xadd", "mutex"))
     print(f"storm: a tick every {STORM_MIN}..{STORM_MAX} instructions on 1 vcore, roundrobin, {u} uthreads, "
           f"seed {SEED}")  # fmt: skip
-    print(f"(a) RAS load/add/store:   {host('ras'):7.3f} us/incr host  {virt('ras'):6.2f} ns/incr virtual  "
-          f"({ras_counts.get('ras_restart', 0)} restarts, {ras_counts.get('rr_switch', 0)} switches, N={n})")
-    print(f"(b) lock xadd:            {host('xadd'):7.3f} us/incr host  {virt('xadd'):6.2f} ns/incr virtual  (N={n})")
-    print(f"(c) parlib.Mutex:         {host('mutex'):7.3f} us/incr host  {virt('mutex'):6.2f} ns/incr virtual  "
-          f"({mutex_counts.get('mutex_block', 0)} blocks, {mutex_counts.get('mutex_handoff', 0)} hand-offs, N={nm})")
-    print(f"(d) raw Unicorn RAS loop: {host('raw'):7.3f} us/incr host")
-    print(f"RAS over raw Unicorn (host):        {host('ras') / host('raw'):8.2f}")
-    print(f"Mutex over RAS (host):              {host('mutex') / host('ras'):8.2f}")
-    print(f"Mutex over RAS (virtual):           {virt('mutex') / virt('ras'):8.2f}")
-    print(f"ras ratio: {host('ras') / host('xadd'):.2f}")
-
+    table = Figures(args.repeat, width=36, fmt="8.3f")
+    table.header()
+    table.row("(a) RAS load/add/store, host", host("ras"), "us/incr",
+              note=f"({ras_v:.2f} ns/incr virtual, {ras_i:.2f} insns/incr, {ras_c.get('ras_restart', 0)} restarts, "
+                   f"{ras_c.get('rr_switch', 0)} switches, N={n})")  # fmt: skip
+    table.row("(b) lock xadd, host", host("xadd"), "us/incr",
+              note=f"({xadd_v:.2f} ns/incr virtual, {xadd_i:.2f} insns/incr, {xadd_c.get('rr_switch', 0)} switches, "
+                   f"N={n})")  # fmt: skip
+    table.row("(c) parlib.Mutex, host", host("mutex"), "us/incr",
+              note=f"({mutex_v:.2f} ns/incr virtual, {mutex_c.get('mutex_block', 0)} blocks, "
+                   f"{mutex_c.get('mutex_handoff', 0)} hand-offs, N={nm})")  # fmt: skip
+    table.row("(d) raw Unicorn RAS loop, host", host("raw"), "us/incr")
+    table.value("RAS over raw Unicorn (host)", med("ras") / med("raw"), fmt="8.2f")
+    table.value("Mutex over RAS (host)", med("mutex") / med("ras"), fmt="8.2f")
+    table.value("Mutex over RAS (virtual)", mutex_v / ras_v, fmt="8.2f")
+    print("the ras ratio shows: the simulator's host cost of a RAS increment over a lock xadd one, at this tick rate")
+    print("  on 1 vcore: the RAS handler on each interrupted resume, restarts, one more insn (and tick) per increment")
+    print("it cannot show: which is faster on real hardware (emulated lock xadd costs what an add costs, and virtual")
+    print("  time prices every insn alike), anything on several vcores (a RAS is atomic only on its own), other rates")
+    print(f"ras ratio: {med('ras') / med('xadd'):.2f}")
 
 if __name__ == "__main__":
     main()

@@ -78,7 +78,7 @@ def test_insn_ns_scales_a_guest_loops_virtual_time():
 
 
 def _engine(nvcores: int = 2) -> Engine:
-    return Engine(nvcores, Costs(), owner=None, vcore_entry=None, uthread_body=None, crash=None)
+    return Engine(nvcores, Costs(), owner=None, vcore_entry=None, sched_entry=None, uthread_body=None, crash=None)
 
 
 def _drain(engine: Engine) -> list:

@@ -154,20 +154,70 @@ def test_lookup_matches_the_instruction_address_exactly():
     assert ExceptionTable(()).lookup(0x1000) is None
 
 
+def _linear_lookup(entries, rip: int) -> ExtableEntry | None:
+    """The reference answer: scan every entry for one whose instruction address is rip."""
+    found = [e for e in entries if e.insn == rip]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+# Instruction addresses: clustered (neighbours, near misses) and anywhere in the 64-bit space.
+_ADDRS = st.one_of(st.integers(0x1000, 0x1040), st.integers(0, 2**64 - 1))
+
+
 @given(
-    entries=st.dictionaries(
-        st.integers(0x1000, 0x1100), st.tuples(st.integers(0x1000, 0x1100), st.sampled_from(ExtableType)), max_size=60
-    ),
-    rips=st.lists(st.integers(0x0FF0, 0x1110), max_size=40),
+    entries=st.dictionaries(_ADDRS, st.tuples(_ADDRS, st.sampled_from(ExtableType)), max_size=60),
+    rips=st.lists(st.one_of(_ADDRS, st.integers(0x0FF0, 0x1050)), max_size=40),
+    shuffle=st.randoms(use_true_random=False),
 )
-def test_lookup_agrees_with_a_dict(entries, rips):
-    """For any distinct entries and any rip, lookup gives exactly the entry at rip, else None."""
+def test_lookup_agrees_with_a_linear_scan(entries, rips, shuffle):
+    """For any distinct entries in any order and any rip, lookup gives exactly the entry at rip, else None."""
     records = [ExtableEntry(insn, fixup, kind) for insn, (fixup, kind) in entries.items()]
-    by_insn = {e.insn: e for e in records}
-    table = ExceptionTable(reversed(records))
-    assert [e.insn for e in table.entries] == sorted(by_insn)
-    for rip in [*rips, *by_insn]:
-        assert table.lookup(rip) == by_insn.get(rip)
+    shuffle.shuffle(records)
+    table = ExceptionTable(records)
+    assert table.entries == tuple(sorted(records, key=lambda e: e.insn))
+    assert len(table) == len(records)
+    neighbours = [insn + delta for insn in entries for delta in (-1, 1) if 0 <= insn + delta < 2**64]
+    for rip in [*rips, *entries, *neighbours]:
+        expected = _linear_lookup(records, rip)
+        assert table.lookup(rip) is expected
+        assert ExceptionTable.lookup(table, rip) is expected  # the method the per-table dict.get stands in for
+
+
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.integers(0x1000, 0x1020), st.sampled_from(ExtableType)), max_size=8), max_size=5
+    ),
+)
+def test_handler_add_merges_batches_into_one_sorted_table(batches):
+    """add() after add(): the table is every batch's entries, sorted; a repeated address fails and keeps the table."""
+    handler = ExtableHandler(None)
+    kept: list[ExtableEntry] = []
+    for batch in batches:
+        new = [ExtableEntry(insn, insn, kind) for insn, kind in batch]
+        insns = [e.insn for e in kept + new]
+        repeated = sorted({i for i in insns if insns.count(i) > 1})
+        if repeated:
+            with pytest.raises(ExtableError) as info:
+                handler.add(new)
+            assert str(info.value) == f"extable: two entries for the instruction at {repeated[0]:#x}"
+        else:
+            handler.add(new)
+            kept += new
+        assert handler.table.entries == tuple(sorted(kept, key=lambda e: e.insn))
+        for rip in range(0x0FFF, 0x1022):
+            assert handler.table.lookup(rip) is _linear_lookup(kept, rip)
+
+
+def test_a_large_table_answers_every_site_and_no_other_address():
+    """100,000 entries 16 bytes apart: each site finds its own entry; every byte between sites finds none."""
+    base, stride, n = 0x40_0000, 16, 100_000
+    entries = [ExtableEntry(base + stride * i, base + stride * i + 8, UACCESS) for i in range(n)]
+    table = ExceptionTable(reversed(entries))
+    assert table.entries == tuple(entries)
+    assert all(table.lookup(e.insn) is e for e in entries)
+    assert not any(table.lookup(e.insn + off) for e in entries[::97] for off in range(1, stride))
+    assert table.lookup(base - stride) is None and table.lookup(base + stride * n) is None
 
 
 # -- apply -----------------------------------------------------------------------------
