@@ -15,6 +15,8 @@ import attrs
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
 from capstone import x86_const as cx
 
+from akaros_sim.context import REG_NAMES
+
 MAX_INSN = 15  # longest x86 instruction
 
 
@@ -86,6 +88,14 @@ _U64 = (1 << 64) - 1
 _REG64 = {"rax", "rbx", "rcx", "rdx", "rbp", "rsi", "rdi", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}
 
 
+_REG_INDEX = {name: i for i, name in enumerate(REG_NAMES)}
+
+
+def _index(name: str | None) -> int | None:
+    """A register's index in UserContext.raw (the recipe reads registers by index, not by name)."""
+    return None if name is None else _REG_INDEX[name]
+
+
 def _reg_ref(name: str | None) -> tuple[str | None, int]:
     """(UserContext field, mask) for a capstone address register; 'rip' means the next rip."""
     if name is None:
@@ -120,32 +130,34 @@ def _recipe(code: bytes, addr: int) -> tuple:
         disp = mem.disp + (addr + insn.size if base == "rip" else 0)
         if base == "rip":
             base = None
-        out.append((base, bmask, index, imask, mem.scale, disp, seg if seg in ("fs", "gs") else None, op.size or 8))
+        seg = _REG_INDEX[seg + "_base"] if seg in ("fs", "gs") else None
+        out.append((_index(base), bmask, _index(index), imask, mem.scale, disp, seg, op.size or 8))
     name = insn.mnemonic.split()[-1]
     if name.startswith("push") or name == "call":
-        out.append(("rsp", _U64, None, 0, 1, -8, None, 8))
+        out.append((_REG_INDEX["rsp"], _U64, None, 0, 1, -8, None, 8))
     elif name.startswith(("pop", "ret", "iret")):
-        out.append(("rsp", _U64, None, 0, 1, 0, None, 8))
+        out.append((_REG_INDEX["rsp"], _U64, None, 0, 1, 0, None, 8))
     elif name == "leave":
-        out.append(("rbp", _U64, None, 0, 1, 0, None, 8))
+        out.append((_REG_INDEX["rbp"], _U64, None, 0, 1, 0, None, 8))
     if name.startswith(_STRING_SRC):
-        out.append(("rsi", _U64, None, 0, 1, 0, None, 8))
+        out.append((_REG_INDEX["rsi"], _U64, None, 0, 1, 0, None, 8))
     if name.startswith(_STRING_DST):
-        out.append(("rdi", _U64, None, 0, 1, 0, None, 8))
+        out.append((_REG_INDEX["rdi"], _U64, None, 0, 1, 0, None, 8))
     return tuple(out)
 
 
 def access_ranges(mem, ctx) -> list[tuple[int, int]]:
     """The (address, size) memory ranges the instruction at ctx.rip touches, explicit and implicit."""
     out = []
+    raw = ctx.raw
     for base, bmask, index, imask, scale, disp, seg, size in _recipe(_read_code(mem, ctx.rip), ctx.rip):
         ea = disp
         if base is not None:
-            ea += getattr(ctx, base) & bmask
+            ea += raw[base] & bmask
         if index is not None:
-            ea += (getattr(ctx, index) & imask) * scale
+            ea += (raw[index] & imask) * scale
         if seg is not None:
-            ea += getattr(ctx, seg + "_base")
+            ea += raw[seg]
         out.append((ea & _U64, size))
     return out
 

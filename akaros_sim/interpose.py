@@ -26,7 +26,7 @@ import struct
 from itertools import compress
 from operator import ne
 
-from akaros_sim.context import REG_NAMES
+from akaros_sim.context import REG_NAMES, UserContext
 
 _REGS = struct.Struct(f"<{len(REG_NAMES)}Q")  # a context's registers, as Unicorn lays them out
 
@@ -72,9 +72,16 @@ class HandlerChain:
         self.op_name = op_name
         self.previous = previous
         self.handlers: list = []
+        self._names: dict[int, tuple] = {}  # id(handler) -> (handler, its name)
         self.tracer = tracer  # tracer(kind, subject uthread or None, **details), or None
         self.trace_previous = trace_previous  # record "chain_previous" when the walk falls through
         self.trace_unchanged = trace_unchanged  # record a CONTINUE that changed nothing
+
+    def _name(self, handler) -> str:
+        name = self._names.get(id(handler))  # (a name cache, never iterated: id order reaches nothing)
+        if name is None or name[0] is not handler:
+            name = self._names[id(handler)] = (handler, handler_name(handler))
+        return name[1]
 
     def register(self, handler, insert_tail: bool = False) -> None:
         """Add a handler at the head (default) or the tail; registering one twice is an error."""
@@ -107,7 +114,7 @@ class HandlerChain:
         return self.previous(*args)
 
     def _consult(self, handler, args) -> FaultStatus:
-        ctx = args[1] if self.tracer is not None and len(args) > 1 and hasattr(args[1], "regs") else None
+        ctx = args[1] if self.tracer is not None and len(args) > 1 and isinstance(args[1], UserContext) else None
         before = bytes(ctx.raw) if ctx is not None else None
         try:
             status = handler(*args)
@@ -129,7 +136,7 @@ class HandlerChain:
             if not changed and status is FaultStatus.CONTINUE_NEXT_HANDLER and not self.trace_unchanged:
                 return status
             subject = args[0] if args else None
-            self.tracer("handler", subject, op=self.op_name, handler=handler_name(handler), status=status.name,
+            self.tracer("handler", subject, op=self.op_name, handler=self._name(handler), status=status.name,
                         changed=changed)  # fmt: skip
         return status
 

@@ -329,6 +329,7 @@ def call_guest(addr: int, *args: int) -> int:
         uth.ctx.rsp = uth.stack_hi
         proc.setup_tls(uth)
         proc.mem.write_u64(uth.tls, vc.id)
+        uth.tls_vcore = vc.id
     ctx = uth.ctx
     ctx.rip = addr
     ctx.rsp = ((ctx.rsp if ctx.rsp else uth.stack_hi) - 64) & ~0xF

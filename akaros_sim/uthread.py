@@ -134,7 +134,7 @@ class Uthread:
 
     __slots__ = (
         "entry", "name", "kind", "id", "_state", "done", "flags", "sysc", "join_state", "joiner", "join_kref",
-        "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "sig_pending",
+        "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "tls_vcore", "sig_pending",
         "sigdata", "interrupted", "greenlet", "vcore", "insns", "__dict__",
     )  # fmt: skip
 
@@ -160,6 +160,7 @@ class Uthread:
         self.stack_lo = 0  # guest stack [stack_lo, stack_hi), a guard page below
         self.stack_hi = 0
         self.tls = 0  # guest address of its TLS block (fs_base): [0] vcore id, [8] uthread id
+        self.tls_vcore = -1  # the vcore id last written at fs:[0]
         # signals (parlib sigstate)
         self.sig_pending: tuple[int, int, int] | None = None  # (signo, code, addr) to deliver
         self.sigdata: int = 0  # guest address of the saved context while a handler runs
@@ -291,8 +292,10 @@ def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
     if uth.interrupted is not None:
         why, uth.interrupted = uth.interrupted, None
         proc.resume_chain(uth, uth.ctx, why.value)
-    if uth.tls:
-        proc.mem.write_u64(uth.tls, vc.id)  # the rseq-like cpu_id the guest reads at fs:[0]
+    if uth.tls and uth.tls_vcore != vc.id:
+        # the rseq-like cpu_id the guest reads at fs:[0], rewritten when it lands on another vcore
+        proc.mem.write_u64(uth.tls, vc.id)
+        uth.tls_vcore = vc.id
     if vc.notif_pending:
         # pop_user_ctx never leaves vcore context with a notification pending
         engine.restart_vcore_entry(vc)
