@@ -303,23 +303,41 @@ class Engine:
 
         When the next turn is another vcore's (no event due first, no end in
         sight), hand over to it directly: what the loop would do, one greenlet
-        switch cheaper.  Anything else goes back to the loop.
+        switch cheaper.  Anything else goes back to the loop.  (The loop's
+        next_vcore and compute_horizon, inlined: this runs on every suspension.)
         """
         me = vc.gl = getcurrent()
-        nxt = self.next_vcore()
-        t_ev = self.next_event_time()
-        if (nxt is None or (t_ev is not None and t_ev <= nxt.clock)
-                or (self.until is not None and nxt.clock >= self.until) or self._stop_check() is not None):
+        vcores = self.vcores
+        best, bclock = None, _FAR
+        for v in vcores:  # the furthest behind with something to run; ties: the lowest id
+            if v.online and v.gl is not None and v.clock < bclock:
+                best, bclock = v, v.clock
+        heap = self._heap
+        while heap and heap[0][3].cancelled:
+            heapq.heappop(heap)
+        t_ev = heap[0][0] if heap else None
+        until = self.until
+        if (best is None or (t_ev is not None and t_ev <= bclock) or (until is not None and bclock >= until)
+                or self._stop_check() is not None):
             self.gl.switch()
             return
-        self.current = nxt
-        if nxt.clock > self.now:
-            self.now = nxt.clock
-        self.horizon = self.compute_horizon(nxt, t_ev)
+        horizon = _FAR if t_ev is None else t_ev - 1
+        bid = best.id
+        for v in vcores:
+            if v.online and v is not best:
+                limit = v.clock if v.id > bid else v.clock - 1
+                if limit < horizon:
+                    horizon = limit
+        if until is not None and until - 1 < horizon:
+            horizon = until - 1
+        self.current = best
+        if bclock > self.now:
+            self.now = bclock
+        self.horizon = horizon
         limit = _FAR if t_ev is None else t_ev
-        self.event_horizon = limit if self.until is None or limit < self.until else self.until
-        if nxt.gl is not me:
-            nxt.gl.switch()
+        self.event_horizon = limit if until is None or limit < until else until
+        if best.gl is not me:
+            best.gl.switch()
 
     # -- the waist: vcore context ----------------------------------------------------------
 
