@@ -254,16 +254,20 @@ class AddressSpace:
         """Back `npages` pages from the page of `addr`; returns how many were newly backed.
 
         Pages outside any VMR are skipped (Akaros's populate_va fails on them
-        and the faulting access simply faults again).
+        and the faulting access simply faults again).  The work is bounded by
+        the unbacked pages that are mapped, whatever count the guest passed.
         """
         first = addr & ~(PAGE_SIZE - 1)
+        end = min(first + max(npages, 0) * PAGE_SIZE, USER_TOP)
         done = 0
-        for page in range(first, first + npages * PAGE_SIZE, PAGE_SIZE):
-            vmr = self.lookup(page)
-            if vmr is None or vmr.is_backed(page):
-                continue
-            self._back_page(vmr, page)
-            done += 1
+        for vmr in list(self._overlapping(first, end)):
+            lo = (max(first, vmr.start) - vmr.start) >> PAGE_SHIFT
+            hi = (min(end, vmr.end) - vmr.start + PAGE_SIZE - 1) >> PAGE_SHIFT
+            i = vmr.backed.find(0, lo, hi)
+            while i != -1:
+                self._back_page(vmr, vmr.start + (i << PAGE_SHIFT))
+                done += 1
+                i = vmr.backed.find(0, i + 1, hi)
         if done:
             self.generation += 1
         return done

@@ -433,3 +433,28 @@ def test_exit_syscall_ends_the_process_while_a_peer_is_still_running():
     assert (exit_rec.vc, exit_rec.uth, exit_rec.get("why")) == (1, "exit", "exit syscall")
     assert result.insns < spin_insns(50_000)
     assert not sim.uthread("long").has_exited
+
+
+POPULATE_ALL = assemble(
+    """
+    # populate_va(the stack's page, npages = 2**64 - 1): every page from there to the top of user space
+    mov rdi, rsp
+    mov rsi, -1
+    mov eax, 32
+    syscall
+    ret
+    """,
+    name="populate_all",
+)
+
+
+def test_populate_va_with_a_huge_count_is_bounded_by_what_is_mapped():
+    """A guest's populate_va over 2**64 pages backs only the mapped pages from its address, and the run ends."""
+    sim = Simulation(1)
+    sim.load(POPULATE_ALL)
+    sim.set_sched(PthreadSched())
+    sim.spawn_guest("p", POPULATE_ALL.entry)
+    result = sim.run(until_ns=10_000_000)
+    assert (result.end, sim.uthread("p").exit_value) == (RunEnd.ALL_EXITED, 0)
+    done = sim.trace.of_kind("syscall_done")
+    assert [(r.get("name"), r.get("ret")) for r in done] == [("populate_va", 0)]

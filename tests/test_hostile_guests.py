@@ -1,0 +1,53 @@
+"""Hostile guest code: random bytes, syscall stubs with random registers, several threads; run() never raises.
+
+Whatever the guest does, the simulated process ends as Akaros would (a fault
+the 2LS cannot handle, an exit, a budget) and `run()` returns a RunResult; no
+Python exception escapes and nothing hangs (every run has a time and an
+instruction budget, and kernel loops are bounded by what is mapped).
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from akaros_sim import Program, Prot, RunEnd, Segment, Simulation
+from schedops.pthread import PthreadSched
+from schedops.roundrobin import RoundRobinSched
+
+CODE = 0x40_0000
+# Akaros's and parlib's syscall numbers, and some that mean nothing
+SYSCALLS = (1, 2, 8, 12, 13, 18, 19, 20, 32, 36, 101, 0x200, 0x1000, 0x1001, 0x1002, 0x1003, 0x1004, 0xBEEF)
+
+guests = st.fixed_dictionaries({
+    "stub": st.none() | st.sampled_from(SYSCALLS),
+    "code": st.binary(min_size=4, max_size=48),
+    "vcores": st.integers(1, 3),
+    "threads": st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=6), min_size=1, max_size=3),
+    "sched": st.sampled_from(["pthread", "roundrobin"]),
+})  # fmt: skip
+
+
+def run_guest(g) -> tuple:
+    stub = b"" if g["stub"] is None else b"\xb8" + g["stub"].to_bytes(4, "little") + b"\x0f\x05"
+    prog = Program("hostile", (Segment(CODE, stub + g["code"], Prot.READ | Prot.EXEC, "text", 0x1000),), entry=CODE)
+    sim = Simulation(vcores=g["vcores"], seed=1)
+    sim.load(prog)
+    sim.set_sched(PthreadSched() if g["sched"] == "pthread" else RoundRobinSched())
+    for i, args in enumerate(g["threads"]):
+        sim.spawn_guest(f"g{i}", CODE, *args)
+    result = sim.run(until_ns=2_000_000, max_insns=100_000)
+    return result, sim.trace.digest()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(guests)
+def test_any_guest_ends_its_process_without_a_python_exception(g):
+    """Random code and syscalls end in a RunResult (exit, death with a report, or a budget), deterministically."""
+    result, digest = run_guest(g)
+    assert result.end in tuple(RunEnd)
+    if result.end is RunEnd.PROCESS_EXITED and result.exit_status == -1:
+        assert result.report  # a death says why
+    again, digest2 = run_guest(g)
+    assert (again.end, again.exit_status, again.time_ns, digest2) == (result.end, result.exit_status,
+                                                                      result.time_ns, digest)  # fmt: skip
