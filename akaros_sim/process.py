@@ -94,6 +94,7 @@ class Process:
         self.ras = None  # the RasHandler, once a sequence is declared
         # uthreads and programs
         self.uthreads: list[Uthread] = []
+        self.names: dict[str, Uthread] = {}  # unique uthread names
         self.programs: dict = {}
         self.pending_threads: list = []
         self.live = 0  # uthreads created and not yet exited
@@ -213,7 +214,15 @@ class Process:
     # -- uthreads ------------------------------------------------------------------------------
 
     def register_uthread(self, uth: Uthread) -> None:
+        """uthread_init: number it, make its name unique, give a guest uthread its stack, TLS and registers.
+
+        Names are how triggers, signals, expectations and the trace refer to a
+        uthread, so a name already taken gets its id as a suffix: `worker#7`.
+        """
         uth.id = len(self.uthreads)
+        if uth.name in self.names:
+            uth.name = f"{uth.name}#{uth.id}"
+        self.names[uth.name] = uth
         self.uthreads.append(uth)
         self.live += 1
         if uth.kind is UthreadKind.GUEST:

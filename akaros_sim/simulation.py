@@ -93,10 +93,11 @@ class Simulation:
     report = property(lambda self: self.proc.kernel.report, doc="Why the process died, if it did not just exit.")
 
     def uthread(self, name: str) -> Uthread:
-        for uth in self.proc.uthreads:
-            if uth.name == name:
-                return uth
-        raise KeyError(f"no uthread named {name!r}")
+        """The uthread named `name` (names are unique: a repeated one gets its id as a suffix, `w#3`)."""
+        try:
+            return self.proc.names[name]
+        except KeyError:
+            raise KeyError(f"no uthread named {name!r}") from None
 
     def now(self) -> int:
         """The acting code's virtual time (the running vcore's clock, or the kernel's)."""
@@ -107,10 +108,6 @@ class Simulation:
         self.proc.trace_event(vc, kind, uth=uth, **details)
 
     # -- building ---------------------------------------------------------------------
-
-    def _building(self, what: str) -> None:
-        if self.proc.started:
-            raise SimulationError(f"Simulation.{what}: the run has started")
 
     def load(self, program) -> None:
         """Map a Program's segments (assembled or ELF).
@@ -139,7 +136,8 @@ class Simulation:
 
     def set_sched(self, sched) -> SchedOps:
         """Install a 2LS: a SchedOps table, or an object whose methods are the ops."""
-        self._building("set_sched")
+        if self.proc.started:
+            raise SimulationError("Simulation.set_sched: the run has started")
         ops = sched if isinstance(sched, SchedOps) else SchedOps.from_object(sched)
         self.proc.ops = ops
         for chain in self.proc.chains.values():
@@ -195,6 +193,8 @@ class Simulation:
         """Create this uthread (through sched_ops.thread_create) when the run starts."""
         if self.proc.started:
             raise SimulationError("Simulation.spawn: the run has started; use parlib.uthread_create from a uthread")
+        if any(e.name == entry.name for e in self.proc.pending_threads):
+            raise SimulationError(f"Simulation.spawn: a uthread named {entry.name!r} is already spawned")
         self.proc.pending_threads.append(entry)
 
     def spawn_guest(self, name: str, entry: int, *args: int) -> None:

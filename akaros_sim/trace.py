@@ -9,9 +9,12 @@ same run gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 
@@ -153,10 +156,19 @@ class Trace:
         return buf.getvalue()
 
     def write(self, path) -> None:
-        """Write the JSONL file (header line, then one record per line)."""
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for line in self.lines():
-                f.write(line + "\n")
+        """Write the JSONL file (header line, then one record per line), atomically: a temporary file
+        beside it is renamed over it once complete, so no half-written trace is ever left."""
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(prefix=".trace-", suffix=".tmp", dir=os.path.dirname(path) or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                for line in self.lines():
+                    f.write(line + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def digest(self) -> str:
         """sha256 of the JSONL bytes: equal digests, byte-identical traces."""

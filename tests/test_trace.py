@@ -178,3 +178,18 @@ def test_digest_differs_for_another_seed_or_another_scenario():
     base, reseeded, longer = _fifo_run(), _fifo_run(seed=1), _fifo_run(iterations=501)
     assert base.records == reseeded.records  # this 2LS never draws from the RNG
     assert len({base.digest(), reseeded.digest(), longer.digest()}) == 3
+
+
+def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    """Trace.write replaces the file whole: a write that fails midway leaves the old file and no temporary."""
+    path = tmp_path / "t.jsonl"
+    trace = Trace({"seed": 1})
+    trace.add(0, 0, "a", "run", (("how", "run_uthread"),))
+    trace.write(path)
+    before = path.read_text(encoding="utf-8")
+    broken = Trace({"seed": 2})
+    broken.add(5, 0, "a", "run", (("how", object()),))  # not JSON: the write fails while writing
+    with pytest.raises(TypeError):
+        broken.write(path)
+    assert path.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from akaros_sim import parlib
-from akaros_sim.simulation import Simulation
+from akaros_sim.simulation import Simulation, SimulationError
 from akaros_sim.uthread import (
     JoinState,
     UthFlag,
@@ -172,3 +172,27 @@ def test_uthread_ids_follow_creation_order():
     sim.spawn_python("second", _nop)
     sim.run()
     assert [(u.name, u.id) for u in sim.uthreads] == [("main", 0), ("second", 1), ("late", 2)]
+
+
+def test_uthread_names_are_unique_a_repeated_one_gets_its_id():
+    """Names identify uthreads (triggers, signals, the trace): a name made twice at run time becomes name#id."""
+    sim = Simulation(vcores=1, seed=1)
+    sim.set_sched(PthreadSched())
+
+    def main():
+        for _ in range(3):
+            parlib.uthread_join(parlib.uthread_create(_nop, name="worker"))
+
+    sim.spawn_python("main", main)
+    sim.run()
+    assert [u.name for u in sim.uthreads] == ["main", "worker", "worker#2", "worker#3"]
+    assert sim.uthread("worker#2").id == 2
+    assert [r.uth for r in sim.trace.of_kind("uthread_create")] == ["main", "worker", "worker#2", "worker#3"]
+
+
+def test_spawning_a_name_twice_is_a_named_error():
+    """Two spawns with one name are refused at once, naming it."""
+    sim = Simulation(vcores=1, seed=1)
+    sim.spawn_python("twin", _nop)
+    with pytest.raises(SimulationError, match=r"^Simulation.spawn: a uthread named 'twin' is already spawned$"):
+        sim.spawn_python("twin", _nop)
