@@ -411,7 +411,8 @@ class Kernel:
             self._done(sysc, self._write(a[0], a[1], a[2], vc))
         elif nr == SYS_proc_destroy:
             self._done(sysc, 0)
-            self.exit(a[0], "exit syscall")
+            status = a[0] & 0xFFFF_FFFF  # an int, as proc_destroy takes it: exit(-1) is -1
+            self.exit(status - (1 << 32) if status >> 31 else status, "exit syscall")
         elif nr == SYS_mmap:
             self._done(sysc, self._mmap(*a[:6]))
         elif nr == SYS_munmap:

@@ -302,3 +302,36 @@ def test_output_piped_into_a_reader_that_leaves_ends_quietly():
     assert proc.wait(timeout=120) == 0
     assert first.startswith(b"scenarios/mmap_stress.toml: ")
     assert err == b""
+
+
+def test_version_prints_the_package_version():
+    """`akaros-sim --version` prints the installed version and exits 0."""
+    import akaros_sim
+
+    proc = cli("--version")
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"akaros-sim {akaros_sim.__version__}")
+
+
+def test_ctrl_c_stops_a_run_in_one_line_and_keeps_the_trace(tmp_path):
+    """SIGINT during a long run: exit 130, one line on stderr (no traceback), the trace so far written."""
+    import signal
+    import time
+
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(
+        "description = \"spins for a long time\"\n"
+        "[[programs]]\nname = \"p\"\nsource = \"\"\"\nspin:\n mov rcx, rdi\nl:\n dec rcx\n jnz l\n ret\n\"\"\"\n"
+        "[[threads]]\nname = \"s\"\nprogram = \"p\"\nentry = \"spin\"\nargs = [10000000000]\n",
+        encoding="utf-8",
+    )
+    trace = tmp_path / "t.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "akaros_sim.tools.cli", "run", str(scenario), "--trace", str(trace)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"akaros-sim: interrupted; the trace so far is in {trace}"]
+    assert trace.read_text(encoding="utf-8").count("\\n") >= 2

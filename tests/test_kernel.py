@@ -458,3 +458,24 @@ def test_populate_va_with_a_huge_count_is_bounded_by_what_is_mapped():
     assert (result.end, sim.uthread("p").exit_value) == (RunEnd.ALL_EXITED, 0)
     done = sim.trace.of_kind("syscall_done")
     assert [(r.get("name"), r.get("ret")) for r in done] == [("populate_va", 0)]
+
+
+EXIT_MINUS_ONE = assemble(
+    """
+    mov rdi, -1
+    mov eax, 12        # SYS_proc_destroy (exit)
+    syscall
+    """,
+    name="exit_minus_one",
+)
+
+
+def test_a_guest_exit_status_is_a_signed_int():
+    """exit(-1) from guest code ends the process with status -1, not 2**64 - 1."""
+    sim = Simulation(1)
+    sim.load(EXIT_MINUS_ONE)
+    sim.set_sched(PthreadSched())
+    sim.spawn_guest("e", EXIT_MINUS_ONE.entry)
+    result = sim.run()
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    assert sim.trace.of_kind("process_exit")[0].get("status") == -1

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from akaros_sim import __version__
 from akaros_sim.context import PfErr, TrapNr, UserContext
 from akaros_sim.cpu import BudgetSpent, Cpu, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn, insn_length
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
             "traces, `export --perfetto` draws them. `akaros-sim VERB --help` explains each verb."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"akaros-sim {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     machine = sub.add_parser(
         "machine",
@@ -418,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        trace = getattr(args, "trace", None)
+        kept = f"; the trace so far is in {trace}" if trace else ""
+        print(f"akaros-sim: interrupted{kept}", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader left (`| head`): stop quietly, as Unix tools do.  Point stdout
         # at /dev/null so the interpreter's final flush does not fail again.
