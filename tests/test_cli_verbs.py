@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -335,3 +336,31 @@ def test_ctrl_c_stops_a_run_in_one_line_and_keeps_the_trace(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == [f"akaros-sim: interrupted; the trace so far is in {trace}"]
     assert trace.read_text(encoding="utf-8").count("\\n") >= 2
+
+
+def test_a_trace_replays_after_it_is_copied_elsewhere(tmp_path):
+    """The header carries the scenario and the files it loads: a trace copied away from the checkout replays."""
+    made, moved = tmp_path / "made.jsonl", tmp_path / "elsewhere" / "moved.jsonl"
+    assert cli("run", "scenarios/pthread_basics.toml", "--quiet", "--trace", made).returncode == 0
+    moved.parent.mkdir()
+    shutil.copy(made, moved)
+    proc = subprocess.run(
+        [sys.executable, "-m", "akaros_sim.tools.cli", "replay", str(moved)],
+        cwd=moved.parent, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"replay of {moved}: identical")
+
+
+def test_the_same_scenario_from_two_directories_gives_the_same_bytes(tmp_path):
+    """No path of the machine reaches a trace: the scenario copied to two places records identical files."""
+    traces = []
+    for where in ("one", "two/deeper"):
+        folder = tmp_path / where
+        folder.mkdir(parents=True)
+        for name in ("pthread_basics.toml", "pthread_basics.py"):
+            shutil.copy(SCENARIOS / name, folder / name)
+        trace = folder / "t.jsonl"
+        assert cli("run", folder / "pthread_basics.toml", "--quiet", "--trace", trace).returncode == 0
+        traces.append(trace.read_bytes())
+    assert traces[0] == traces[1]

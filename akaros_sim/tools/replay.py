@@ -9,7 +9,10 @@ records of context, then the counts of record kinds on each side.
 
 from __future__ import annotations
 
+import base64
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 
@@ -89,6 +92,21 @@ def compare(a: Trace, b: Trace, header_keys: Sequence[str] = ("scenario", "seed"
     return Comparison(div is None, div, a.counts(), b.counts(), hdiff)
 
 
+def _materialize(root: Path, name: str, files: dict) -> Path:
+    """Lay a trace's scenario files out under root, as they were beside the scenario; the scenario's path."""
+    depth = max((Path(rel).parts.count("..") for rel in files), default=0)
+    base = root.joinpath(*(f"up{i}" for i in range(depth)))  # room for '../' references
+    base.mkdir(parents=True, exist_ok=True)
+    for rel, body in files.items():
+        target = (base / rel).resolve()
+        if root.resolve() not in target.parents:
+            raise ReplayError(f"the trace's scenario file {rel!r} lies outside the scenario's tree")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = body["text"].encode("utf-8") if "text" in body else base64.b64decode(body["base64"])
+        target.write_bytes(data)
+    return base / Path(name).name
+
+
 def replay(trace: Trace):
     """Run the trace's scenario again with its seed; returns (Comparison, the new ScenarioRun).
 
@@ -100,13 +118,18 @@ def replay(trace: Trace):
     from akaros_sim.tools.scenario import ScenarioError, load_scenario_text, run_scenario
 
     header = trace.header
-    missing = [k for k in ("scenario_text", "scenario_path", "seed") if k not in header]
+    missing = [k for k in ("scenario_text", "seed") if k not in header]
     if missing:
         raise ReplayError(f"the trace header lacks {', '.join(missing)}: it was not written by `akaros-sim run`")
-    try:
-        scenario = load_scenario_text(header["scenario_text"], header["scenario_path"])
-    except ScenarioError as exc:
-        raise ReplayError(f"the recorded scenario does not load any more: {exc}") from None
-    scenario = _attrs.evolve(scenario, seed=header["seed"])
-    run = run_scenario(scenario)
+    with tempfile.TemporaryDirectory(prefix="akaros-sim-replay-") as tmp:
+        if "scenario_files" in header or "scenario_path" not in header:
+            where = _materialize(Path(tmp), header.get("scenario", "scenario.toml"), header.get("scenario_files", {}))
+        else:  # a trace from before scenarios carried their files: they must still be where they were
+            where = header["scenario_path"]
+        try:
+            scenario = load_scenario_text(header["scenario_text"], where)
+        except ScenarioError as exc:
+            raise ReplayError(f"the recorded scenario does not load any more: {exc}") from None
+        scenario = _attrs.evolve(scenario, seed=header["seed"])
+        run = run_scenario(scenario)
     return compare(trace, run.sim.trace), run

@@ -75,6 +75,7 @@ in a main thread that passes them to the threads it creates).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import importlib.util
@@ -218,6 +219,7 @@ class Scenario:
     max_insns: int | None = None
     expect: Expectations = Expectations()
     text: str = attrs.field(default="", repr=False)  # the file as read (a trace header carries it)
+    files: tuple = attrs.field(default=(), repr=False)  # (relative path, bytes) of every file it loads
 
 
 @attrs.frozen
@@ -323,7 +325,37 @@ def load_scenario_text(text: str, path) -> Scenario:
         sched_factory=factory, sched_params=sched_params, programs=tuple(programs), mappings=tuple(mappings),
         threads=tuple(threads), injections=tuple(injections), handlers=tuple(handlers), ras=tuple(ras),
         until_ns=until_ns, max_insns=max_insns, expect=expect, text=text,
+        files=_referenced_files(data, ref, path.parent),
     )  # fmt: skip
+
+
+def _embed(data: bytes) -> dict:
+    """A file's bytes as a JSON value: its text when it is UTF-8, else base64."""
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _file_of(ref: str) -> str | None:
+    """The file part of a Python reference 'file.py:name' (None for 'module:name')."""
+    target, sep, _ = ref.rpartition(":")
+    return target if sep and (target.endswith(".py") or "/" in target or os.sep in target) else None
+
+
+def _referenced_files(data: dict, sched_ref: str, base_dir: Path) -> tuple[tuple[str, bytes], ...]:
+    """Every file the (already validated) scenario loads, as (path relative to it, bytes), sorted.
+
+    A trace's header carries them, so it replays anywhere and names no path of
+    the machine it was made on.
+    """
+    names = set()
+    for prog in data.get("programs", ()):
+        names.update(prog[key] for key in ("file", "elf") if key in prog)
+    refs = [sched_ref] + [t.get("python", "") for t in data.get("threads", ())]
+    refs += [h.get("python", "") for h in data.get("handlers", ())]
+    names.update(f for f in map(_file_of, refs) if f)
+    return tuple(sorted((name, (base_dir / name).read_bytes()) for name in names))
 
 
 def _load_costs(reader: TableReader) -> Costs:
@@ -733,8 +765,10 @@ def build(scenario: Scenario) -> Simulation:
 
     header = {
         "version": __version__, "seed": scenario.seed, "vcores": scenario.vcores, "scenario": scenario.path.name,
-        "scenario_path": str(scenario.path.resolve()), "scenario_text": scenario.text, "sched": scenario.scheduler,
+        "scenario_text": scenario.text, "sched": scenario.scheduler,
     }  # fmt: skip
+    if scenario.files:  # what the scenario loads rides along, so the trace replays anywhere
+        header["scenario_files"] = {name: _embed(data) for name, data in scenario.files}
     sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs, trace=Trace(header))
     for i, spec in enumerate(scenario.programs):
         try:
