@@ -89,3 +89,23 @@ def test_run_reports_extable_sites_and_their_hits(capsys):
     assert "extable sites fired:" in out
     for addr, hits in sites:
         assert f"  {addr:#x} " in out and f"{hits} time(s)" in out
+
+
+def test_machine_stops_an_endless_loop_at_its_instruction_budget(tmp_path, capsys):
+    """A guest that never stops is stopped by --max-insns, with a line saying so (exit 3)."""
+    loop = tmp_path / "loop.s"
+    loop.write_text("l:\n jmp l\n", encoding="utf-8")
+    assert main(["machine", "--max-insns", "50000", str(loop)]) == 3
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "[   50000 insns] stopped: the instruction budget of 50000 is spent (--max-insns)"
+    )
+
+
+def test_machine_write_from_a_null_buffer_is_efault_not_a_traceback(tmp_path, capsys):
+    """write(1, NULL, 5) under `machine` returns -EFAULT to the guest, which then exits 0."""
+    prog = tmp_path / "null.s"
+    prog.write_text(" mov eax, 1\n mov edi, 1\n xor esi, esi\n mov edx, 5\n syscall\n"
+                    " mov eax, 60\n xor edi, edi\n syscall\n", encoding="utf-8")  # fmt: skip
+    assert main(["machine", str(prog)]) == 0
+    out = capsys.readouterr().out
+    assert "syscall write(1, 0x0, 5): -EFAULT (read: address 0x0 is not mapped)" in out

@@ -21,14 +21,14 @@ from akaros_sim import __version__
 from akaros_sim.context import PfErr, TrapNr, UserContext
 from akaros_sim.cpu import BudgetSpent, Cpu, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn, insn_length
-from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
+from akaros_sim.memory import PAGE_SIZE, AddressSpace, MemError, Prot
 
 # Where `machine` puts the stack and the lazily backed heap.
 STACK_TOP = 0x7FF0_0000_0000
 STACK_SIZE = 64 * 1024
 HEAP = 0x1000_0000
 HEAP_SIZE = 1 << 20
-ENOSYS = 38
+ENOSYS, EFAULT = 38, 14
 SYS_WRITE, SYS_EXIT = 1, 60
 
 
@@ -60,9 +60,20 @@ def cmd_machine(args: argparse.Namespace) -> int:
     mem.map(HEAP, HEAP_SIZE, Prot.READ | Prot.WRITE, "heap", backed=False)
     ctx = UserContext(rip=program.entry, rsp=STACK_TOP - 8)
     print(f"{program.name}: entry {program.entry:#x}, budget {args.budget} instructions per slice")
+    try:
+        return _machine_loop(args, mem, cpu, ctx)
+    finally:
+        cpu.release()
+
+
+def _machine_loop(args: argparse.Namespace, mem: AddressSpace, cpu: Cpu, ctx: UserContext) -> int:
     slices = 0
     while True:
-        stop = cpu.run(ctx, args.budget)
+        if cpu.instructions() >= args.max_insns:
+            print(f"[{cpu.instructions():>8} insns] stopped: the instruction budget of {args.max_insns} is spent "
+                  "(--max-insns)")  # fmt: skip
+            return 3
+        stop = cpu.run(ctx, min(args.budget, args.max_insns - cpu.instructions()))
         if isinstance(stop, BudgetSpent):
             slices += 1
             continue
@@ -75,9 +86,14 @@ def cmd_machine(args: argparse.Namespace) -> int:
                 print(f"{where} syscall exit({stop.args[0]})")
                 return stop.args[0] & 0xFF
             if stop.nr == SYS_WRITE:
-                text = mem.read(stop.args[1], stop.args[2])
+                try:
+                    text = mem.read(stop.args[1], min(stop.args[2], 1 << 20))
+                except MemError as exc:  # a bad buffer is the guest's error: -EFAULT, as a kernel returns
+                    print(f"{where} syscall write({stop.args[0]}, {stop.args[1]:#x}, {stop.args[2]}): -EFAULT ({exc})")
+                    ctx.rax = -EFAULT & ((1 << 64) - 1)
+                    continue
                 print(f"{where} syscall write({stop.args[0]}, {stop.args[1]:#x}, {stop.args[2]}): {text!r}")
-                ctx.rax = stop.args[2]
+                ctx.rax = len(text)
             else:
                 print(f"{where} syscall {stop.nr}: -ENOSYS")
                 ctx.rax = -ENOSYS & ((1 << 64) - 1)
@@ -94,7 +110,12 @@ def cmd_machine(args: argparse.Namespace) -> int:
             ctx.clear_trap()
             continue
         if args.skip_faults:
-            length = insn_length(mem, ctx.rip)
+            try:
+                length = insn_length(mem, ctx.rip)
+            except (ValueError, MemError) as exc:
+                print(f"{where}   cannot skip it: {exc}; registers:")
+                print(ctx)
+                return 1
             print(f"{where}   skipping the {length}-byte faulting instruction (--skip-faults)")
             ctx.rip += length
             ctx.clear_trap()
@@ -149,6 +170,8 @@ def format_summary(run, quiet: bool = False) -> str:
     out += [_check_line(c) for c in checks] or ["  (none)"]
     status = "none" if result.exit_status is None else result.exit_status
     out.append(f"run: ended {result.end.name.lower()} ({result.end.value}), exit status {status}")
+    if result.end.name == "TIME_BUDGET" and "until_ns" not in run.scenario.text:
+        out.append("  (the default budget of 1 s of virtual time; raise it with [run] until_ns)")
     out.append(f"  virtual time {result.time_ns:,} ns, {result.insns:,} instructions")
     out += ["vcores:", "  vcore    busy  uthread  switches  preemptions"]
     for vc in result.vcores:
@@ -310,6 +333,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="akaros-sim",
@@ -338,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument(
         "--skip-faults", action="store_true", help="report an unhandled trap, skip the instruction and go on"
     )
-    machine.add_argument("--budget", type=int, default=10_000, help="instructions per slice (default 10000)")
+    machine.add_argument("--budget", type=_positive, default=10_000, help="instructions per slice (default 10000)")
+    machine.add_argument("--max-insns", type=_positive, default=1_000_000_000,
+                         help="stop after this many instructions in all (default 1000000000)")  # fmt: skip
     machine.set_defaults(func=cmd_machine)
     run = sub.add_parser(
         "run",

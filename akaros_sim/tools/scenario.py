@@ -40,7 +40,7 @@ The format (docs/scenarios.md is the full reference)::
     preempt = 1                              # preempt vcore 1 (warning_ns, duration_ns optional)
     # or: syscall_latency = { nr = 2, ns = 5000 }   (nr: a number or a name such as "nanosleep")
     [run]
-    until_ns = 100_000_000                   # optional budgets
+    until_ns = 100_000_000                   # optional budgets (until_ns defaults to 1 s of virtual time)
     max_insns = 10_000_000
     [expect]
     end = "all_exited"                       # a RunEnd name in lower case
@@ -238,6 +238,8 @@ class ScenarioRun:
 
 # -- loading ---------------------------------------------------------------------------------------------
 
+DEFAULT_UNTIL_NS = 1_000_000_000  # a scenario's virtual-time budget unless [run] until_ns says otherwise: 1 s
+
 _TOP_KEYS = (
     "description", "machine", "scheduler", "programs", "mappings", "threads", "injections", "handlers", "ras",
     "run", "expect",
@@ -314,7 +316,7 @@ def load_scenario_text(text: str, path) -> Scenario:
     ras = _load_ras(top, prog_by_name)
 
     run = top.sub("run", ("until_ns", "max_insns"), {})
-    until_ns = run.int("until_ns", None, minimum=1)
+    until_ns = run.int("until_ns", DEFAULT_UNTIL_NS, minimum=1)  # a run always ends
     max_insns = run.int("max_insns", None, minimum=1)
 
     expect = load_expect(
