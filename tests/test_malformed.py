@@ -213,6 +213,19 @@ CASES = [
     # -- the file itself --
     Case("invalid TOML", add("\n[[threads]\n"), None,
          "invalid TOML: Expected ']]' at the end of an array declaration (at line 38, column 10)"),
+    # -- limits checked at load time --
+    Case("vcores beyond the maximum", sub("vcores = 2", "vcores = 9223372036854775807"), "machine.vcores",
+         "expected at most 1024 vcores, got 9223372036854775807"),
+    Case("instruction that costs no time", sub("seed = 1", "seed = 1\ncosts = { insn_ns = 0 }"), "machine.costs",
+         "Costs.insn_ns: expected an int >= 1 (an instruction must take time), got 0"),
+    Case("negative integer entry", sub('entry = "worker"', "entry = -5"), "threads[0].entry",
+         "expected an address in [0, 2**64), got -5"),
+    Case("argument wider than a register", sub('args = [1, "main:counter"]', "args = [18446744073709551616]"),
+         "threads[0].args[0]", "expected a 64-bit value (-2**63 .. 2**64 - 1), got 18446744073709551616"),
+    Case("unmap outside user space", add("\n[[injections]]\nat_ns = 10\nunmap = { start = 0x7ffffffff0000000, "
+                                         "length = 0x1000 }\n"),
+         "injections[0].unmap.start", "expected a range inside user space [0x1000, 0x7fffffff0000), "
+         "got [0x7ffffffff0000000, 0x7ffffffff0001000)"),
 ]  # fmt: skip
 
 BY_ID = {case.id: case for case in CASES}

@@ -92,9 +92,9 @@ from akaros_sim.asm import AsmError, assemble
 from akaros_sim.elf import ElfError, load_elf
 from akaros_sim.engine import Costs
 from akaros_sim.kernel import SYSCALL_NAMES
-from akaros_sim.memory import PAGE_SIZE, MemError, Prot
+from akaros_sim.memory import PAGE_SIZE, USER_MIN, USER_TOP, MemError, Prot
 from akaros_sim.program import Program
-from akaros_sim.simulation import RunResult, Simulation, SimulationError
+from akaros_sim.simulation import MAX_VCORES, RunResult, Simulation, SimulationError
 from akaros_sim.tools.expect import Check, Expectations, check_expectations, load_expect
 from akaros_sim.tools.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
 from akaros_sim.trace import Trace
@@ -289,6 +289,8 @@ def load_scenario_text(text: str, path) -> Scenario:
 
     machine = top.sub("machine", ("vcores", "seed", "costs"), {})
     vcores = machine.int("vcores", 1, minimum=1)
+    if vcores > MAX_VCORES:
+        raise machine.error("vcores", f"expected at most {MAX_VCORES} vcores, got {vcores}")
     seed = machine.int("seed", 0, minimum=None)
     costs = _load_costs(machine.sub("costs", tuple(f.name for f in attrs.fields(Costs)), {}))
 
@@ -498,6 +500,8 @@ def _guest_entry(r: TableReader, name: str, programs: dict[str, Program], args: 
             raise r.error("entry", f"unknown symbol {entry!r} in program {prog_name!r}")
         addr = program.symbols[entry]
     else:
+        if not 0 <= entry <= U64:
+            raise r.error("entry", f"expected an address in [0, 2**64), got {entry}")
         addr = entry
     if len(args) > MAX_GUEST_ARGS:
         raise r.error("args", f"expected at most {MAX_GUEST_ARGS} register arguments, got {len(args)}")
@@ -506,6 +510,8 @@ def _guest_entry(r: TableReader, name: str, programs: dict[str, Program], args: 
         if isinstance(arg, str):
             values.append(_symbol_addr(r, f"args[{i}]", arg, programs))
         elif isinstance(arg, int) and not isinstance(arg, bool):
+            if not -(1 << 63) <= arg <= U64:  # a register holds 64 bits: a signed or an unsigned value
+                raise r.error(f"args[{i}]", f"expected a 64-bit value (-2**63 .. 2**64 - 1), got {arg}")
             values.append(arg & U64)
         else:
             raise r.error(f"args[{i}]", f"expected an integer or a 'program:symbol' string, got {describe(arg)}")
@@ -649,6 +655,9 @@ def _load_injections(top: TableReader, vcores: int, threads: set[str]) -> list[I
             for key, value in (("start", start), ("length", length)):
                 if value % PAGE_SIZE:
                     raise sub.error(key, f"expected a multiple of the page size ({PAGE_SIZE:#x}), got {value:#x}")
+            if start < USER_MIN or start + length > USER_TOP:
+                raise sub.error("start", f"expected a range inside user space [{USER_MIN:#x}, {USER_TOP:#x}), "
+                                         f"got [{start:#x}, {start + length:#x})")  # fmt: skip
             params = {"start": start, "length": length}
             if kind != "unmap":
                 params["prot"] = int(_parse_prot(sub, sub.get("prot", (str,), "rw")))
