@@ -442,6 +442,9 @@ class Kernel:
             done = self.proc.mem.populate(addr, npages)
             retval = 0 if done or self.proc.mem.lookup(addr) is not None else neg_errno(errno.EINVAL)
         self._done(sysc, retval)
+        uth = sysc.u_data
+        if uth is not None and uth.sysc is sysc:
+            uth.waits_for = None  # done: the 2LS's to run once its event is handled (the 2LS contract)
         self.proc.trace_event(None, "syscall_done", sysc=sysc.id, name=sysc.name, ret=sysc.retval)
         if sysc.ev_q is not None:
             self.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))

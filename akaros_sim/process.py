@@ -62,11 +62,12 @@ class ProcessError(RuntimeError):
 class Process:
     """One process's shared state.  Lifecycle: built -> set up (2LS, programs, threads) -> run once -> closed."""
 
-    def __init__(self, vcores: int, seed: int, costs: Costs, trace, facade) -> None:
+    def __init__(self, vcores: int, seed: int, costs: Costs, trace, facade, check: bool = True) -> None:
         self.costs = costs
         self.seed = seed
         self.rng = random.Random(seed)
         self.trace = trace
+        self.checking = check  # the 2LS contract checker (cheap; off only for speed runs)
         self.tracing = trace.enabled  # False: no record is built at all (hot paths check this first)
         self.record = trace.appender()  # hot paths append a row tuple themselves (None: tracing off)
         self._op_ns = costs.sched_op_ns
@@ -189,6 +190,8 @@ class Process:
                 record((vc.clock, vc.id, subject, "op", details))
             else:
                 record((engine.now, -1, subject, "op", details))
+        if name in _HANDS_OVER and args and isinstance(args[0], Uthread):
+            args[0].waits_for = None  # the 2LS's to run now (the 2LS contract)
         try:
             return op(*args)
         except Exception as exc:
@@ -199,6 +202,23 @@ class Process:
 
     def exit(self, status: int, why: str, report: str | None = None) -> None:
         self.kernel.exit(status, why, report)
+
+    def contract_violation(self, what: str) -> None:
+        """A 2LS broke its contract: the process ends with a report naming the 2LS, the uthread and the record."""
+        self.kernel.exit(-1, "2LS contract", f"2LS contract: {what} (at trace record #{len(self.trace)})")
+
+    def check_nothing_lost(self) -> None:
+        """At an idle end: every uthread that has not exited waits for something, or runs (none is lost)."""
+        engine = self.engine
+        engine.now = max([engine.now] + [vc.clock for vc in engine.vcores])  # when the last vcore went idle
+        held = {vc.current_uthread for vc in engine.vcores}
+        for uth in self.uthreads:
+            if not uth.done and uth.waits_for is None and uth not in held:
+                self.contract_violation(
+                    f"2LS {self.ops.name!r} lost uthread {uth.name!r}: it was the 2LS's to run "
+                    f"(since trace record #{uth.waiting_since}) and every vcore yielded"
+                )
+                return
 
     def crash(self, exc: Exception) -> None:
         """An exception escaped vcore context or a uthread: the process ends with a report naming it."""
@@ -286,7 +306,12 @@ class Process:
         try:
             engine.run_setup(self._setup)
             engine.gl = engine_caller
-            return engine.run(self._stop_check)
+            end = engine.run(self._stop_check)
+            if end is RunEnd.IDLE and self.checking:
+                self.check_nothing_lost()
+                if self.kernel.state is ProcState.DYING:
+                    end = RunEnd.PROCESS_EXITED
+            return end
         finally:
             gc.set_threshold(*thresholds)
             self.finished = True
@@ -343,6 +368,7 @@ class Process:
 
 
 _PLAIN = frozenset({int, str, bool, type(None)})
+_HANDS_OVER = frozenset({"thread_runnable", "thread_paused"})  # ops after which a uthread is the 2LS's to run
 
 
 def _describe_arg(arg):

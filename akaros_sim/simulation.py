@@ -63,8 +63,10 @@ class SimulationError(RuntimeError):
 class Simulation:
     """One process: memory, CPU, vcores, kernel, 2LS, trace, seeded RNG."""
 
-    def __init__(self, vcores: int = 1, *, seed: int = 0, costs: Costs | None = None, trace=None) -> None:
-        """Build an empty process.  `trace`: None for a fresh Trace, a Trace to fill, or False for none."""
+    def __init__(self, vcores: int = 1, *, seed: int = 0, costs: Costs | None = None, trace=None,
+                 check: bool = True) -> None:
+        """Build an empty process.  `trace`: None for a fresh Trace, a Trace to fill, or False for none.
+        `check`: the 2LS contract checker (a lost or wrongly run uthread ends the process with a report)."""
         if not isinstance(vcores, int) or isinstance(vcores, bool) or vcores < 1:
             raise SimulationError(f"Simulation: expected vcores >= 1, got {vcores!r}")
         if vcores > MAX_VCORES:
@@ -73,7 +75,7 @@ class Simulation:
         self.costs = costs or Costs()
         if trace is None or trace is False:  # False: keep no records at all (results and statistics only)
             trace = Trace({"seed": seed, "vcores": vcores}, enabled=trace is None)
-        self.proc = Process(vcores, seed, self.costs, trace, self)
+        self.proc = Process(vcores, seed, self.costs, trace, self, check)
         self.result: RunResult | None = None
 
     # -- what a user inspects (the process's state) ----------------------------------------

@@ -14,7 +14,7 @@ and enqueues the waiter before releasing the mutex.
 from __future__ import annotations
 
 from akaros_sim.running import ParlibError, current_proc, uthread_ctx
-from akaros_sim.uthread import UTH_EXT_BLK_MUTEX, UthFlag, Uthread, uthread_yield
+from akaros_sim.uthread import UTH_EXT_BLK_MUTEX, UthFlag, Uthread, uthread_yield, waits
 
 _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
 
@@ -106,6 +106,7 @@ class Mutex:
 
     def _block_cb(self, uth: Uthread, _arg) -> None:
         proc = current_proc("Mutex")
+        waits(proc, uth, f"mutex {self.name!r}")
         proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MUTEX)
         proc.call_op("sync_enqueue", uth, self.sync)
         self._lock.unlock()
@@ -146,6 +147,7 @@ class CondVar:
     def __init__(self, name: str = "cv") -> None:
         self.name = name
         self.sync = UthSync()
+        self._waiters: list[Uthread] = []  # who waits here, for the 2LS contract (the 2LS keeps the queue)
         self._lock = SpinPdrLock(name)
 
     def wait(self, mutex: Mutex) -> None:
@@ -154,6 +156,8 @@ class CondVar:
         self._lock.lock(proc)
 
         def cb(uth, _arg):
+            waits(proc, uth, f"condition variable {self.name!r}")
+            self._waiters.append(uth)
             proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MUTEX)
             proc.call_op("sync_enqueue", uth, self.sync)
             self._lock.unlock()
@@ -170,6 +174,8 @@ class CondVar:
         waiter = proc.call_op("sync_get_next", self.sync)
         self._lock.unlock()
         if waiter is not None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
             proc.call_op("thread_runnable", waiter)
 
     def broadcast(self) -> None:
@@ -178,6 +184,9 @@ class CondVar:
         self._lock.lock(proc)
         proc.call_op("sync_swap", local, self.sync)
         self._lock.unlock()
+        woken, self._waiters = self._waiters, []
+        for uth in woken:  # the 2LS takes them all in bulk, from storage only it reads
+            waits(proc, uth, None)
         if proc.ops.thread_bulk_runnable is not None:
             proc.call_op("thread_bulk_runnable", local)
             return

@@ -135,7 +135,7 @@ class Uthread:
     __slots__ = (
         "entry", "name", "kind", "id", "_state", "done", "flags", "sysc", "join_state", "joiner", "join_kref",
         "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "tls_vcore", "sig_pending",
-        "sigdata", "interrupted", "greenlet", "vcore", "insns", "__dict__",
+        "sigdata", "interrupted", "greenlet", "vcore", "insns", "waits_for", "waiting_since", "__dict__",
     )  # fmt: skip
 
     def __init__(self, entry: UthreadEntry) -> None:
@@ -170,6 +170,10 @@ class Uthread:
         self.greenlet: greenlet | None = None
         self.vcore = None  # the vcore it last ran on
         self.insns = 0  # guest instructions it has retired
+        # the 2LS contract (the runtime's own view, whatever the 2LS keeps): what it waits for, if
+        # anything (None: running, or handed to the 2LS to run), and since which trace record
+        self.waits_for: str | None = None
+        self.waiting_since = 0
 
     @property
     def ctx(self) -> UserContext:
@@ -223,6 +227,13 @@ _RUNNING = UthState.RUNNING
 
 
 _HOW = {how: (("how", how),) for how in ("run_uthread", "run_current_uthread", "fault_fixed")}
+_DECIDING = "the decision of its yield callback (uthread_runnable, or a block it names)"
+
+
+def waits(proc, uth: Uthread, what: str | None) -> None:
+    """The 2LS contract's view of uth: it waits for `what` (None: it is the 2LS's to run, or running)."""
+    uth.waits_for = what
+    uth.waiting_since = len(proc.trace)
 
 
 # -- vcore context: starting and resuming uthreads -------------------------------------------------
@@ -268,6 +279,11 @@ def handle_refl_fault(proc, vc, uth: Uthread) -> None:
         status = proc.call_op("thread_refl_fault", uth, uth.ctx)
     except HandlerFailed as failed:
         proc.exit(-1, "exit", f"{failed}\n" + proc.fault_report(uth, "fault handler failed"))
+    if status is not None and not isinstance(status, FaultStatus) and proc.checking:
+        proc.contract_violation(
+            f"2LS {proc.ops.name!r}: thread_refl_fault({uth.name!r}) returned {status!r}; "
+            "expected nothing (the 2LS decided) or a FaultStatus"
+        )
     if status is FaultStatus.FAULT_FIXED:
         # fixed by an interposed handler: resume at once here; the 2LS never
         # sees it, and the fix is authoritative (no RAS restart undoes it)
@@ -279,6 +295,11 @@ def handle_refl_fault(proc, vc, uth: Uthread) -> None:
 
 def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
     """Load uth on vc and leave vcore context (pop_user_ctx)."""
+    if uth.waits_for is not None and proc.checking:
+        proc.contract_violation(
+            f"2LS {proc.ops.name!r} ran uthread {uth.name!r}, which waits for {uth.waits_for} "
+            f"(since trace record #{uth.waiting_since})"
+        )
     engine = proc.engine
     engine.advance(proc.costs.context_switch_ns)
     if not resume:
@@ -346,6 +367,7 @@ def _yield_action(uth: Uthread, save_state: bool, yield_func, arg):
         uth.flags &= ~_DONT_MIGRATE
         uth._state = _NOT_RUNNING  # RUNNING -> NOT_RUNNING: it was running to call this
         uth.notif_disabled_depth = 0
+        uth.waits_for = _DECIDING  # until its callback hands it to the 2LS or blocks it on something
         yield_func(uth, arg)
         vc.current_uthread = None
 
@@ -375,6 +397,8 @@ def blockon_sysc(proc, uth: Uthread, sysc) -> None:
     """Vcore context: uth waits for sysc (thread_blockon_sysc; also the 2LS's async fault path)."""
     sysc.u_data = uth
     uth.sysc = sysc
+    # done already (register_evq will refuse): the 2LS restarts it at once
+    waits(proc, uth, None if sysc.state is SyscState.DONE else f"syscall #{sysc.id} ({sysc.name})")
     proc.call_op("thread_blockon_sysc", uth, sysc)
 
 
@@ -394,6 +418,7 @@ def _exit_cb(proc, uth: Uthread, retval) -> None:
     # call (the first point where time passes), so it is atomic, like parlib's CAS.
     uth.exit_value = retval
     uth.set_state(UthState.EXITED)
+    uth.waits_for = None
     proc.live -= 1
     proc.trace_event(None, "uthread_exit", target=uth.name, join=uth.join_state.name, retval=_plain(retval))
     if uth.join_state is JoinState.DETACHED:
@@ -436,6 +461,7 @@ def uthread_join(proc, uth: Uthread, target: Uthread):
     uth.join_kref = 2  # the target's exit and this uthread's block: runnable after both
 
     def join_cb(uth, _target):
+        waits(proc, uth, f"uthread {target.name!r} to exit")
         proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MISC)
         _join_kick(proc, uth)
 

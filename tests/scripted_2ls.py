@@ -110,9 +110,10 @@ class Fifo2LS:
         pass
 
 
-def spin_sim(sched, vcores: int = 1, *, seed: int = 0, costs=None, **threads: tuple[int, int]) -> Simulation:
+def spin_sim(sched, vcores: int = 1, *, seed: int = 0, costs=None, check: bool = True,
+             **threads: tuple[int, int]) -> Simulation:
     """A Simulation with SPIN loaded, `sched` installed and one SPIN uthread per name=(iterations, seed)."""
-    sim = Simulation(vcores, seed=seed, costs=costs)
+    sim = Simulation(vcores, seed=seed, costs=costs, check=check)
     sim.load(SPIN)
     sim.set_sched(sched)
     for name, (iterations, value) in threads.items():

@@ -125,15 +125,24 @@ class _NeverRunnable(Fifo2LS):
         pass  # loses every thread it is given
 
 
-def test_run_ends_idle_when_the_2ls_never_makes_a_thread_runnable():
-    """A 2LS that drops new threads: vcore 0 finds nothing, yields, and the run ends IDLE at once."""
+def test_a_2ls_that_never_makes_a_thread_runnable_is_caught_losing_it():
+    """A 2LS that drops new threads: vcore 0 finds nothing and yields; the contract checker names the lost uthread."""
     sim = spin_sim(_NeverRunnable(), 1, spin=(10, 1))
     result = sim.run()
-    assert (result.end, result.insns, result.time_ns) == (RunEnd.IDLE, 0, 350)
+    assert (result.end, result.exit_status, result.insns, result.time_ns) == (RunEnd.PROCESS_EXITED, -1, 0, 350)
+    assert result.report == ("2LS contract: 2LS 'fifo' lost uthread 'spin': it was the 2LS's to run "
+                             "(since trace record #0) and every vcore yielded (at trace record #8)")
     assert [(r.t, r.kind) for r in sim.trace.records if r.kind != "op"] == [
         (0, "sched_init"), (100, "uthread_create"), (100, "vcore_online"), (250, "vcore_entry"),
-        (350, "vcore_offline"), (350, "run_end"),
+        (350, "vcore_offline"), (350, "process_exit"), (350, "run_end"),
     ]  # fmt: skip
+
+
+def test_without_the_checker_a_lost_uthread_ends_the_run_idle():
+    """check=False (a speed run): the same lost uthread just leaves the run IDLE, with no report."""
+    sim = spin_sim(_NeverRunnable(), 1, spin=(10, 1), check=False)
+    result = sim.run()
+    assert (result.end, result.exit_status, result.report) == (RunEnd.IDLE, None, None)
 
 
 # -- API misuse ---------------------------------------------------------------------------------------
