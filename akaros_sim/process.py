@@ -282,7 +282,9 @@ class Process:
             return
         try:
             ret = uth.entry.func(*uth.entry.args)
-        except Exception as exc:  # a bug in the uthread: the process ends with a report
+        except Exception as exc:  # a bug: the process ends with a report
+            if getattr(exc, "__notes__", None):
+                self.crash(exc)  # raised by a 2LS op this uthread's parlib call made: named as the op, as anywhere
             report = f"uthread {uth.name!r} raised {type(exc).__name__}: {exc}\n" + "".join(
                 traceback.format_exception(exc)[-3:]
             )

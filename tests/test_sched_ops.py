@@ -467,13 +467,14 @@ def test_thread0_refuses_a_second_thread_at_setup():
 
 
 def test_thread0_refuses_a_second_thread_at_run_time():
-    """uthread_create from thread0 raises in the uthread: the process exits -1 with the error in its report."""
+    """uthread_create from thread0 raises in the op: the process exits -1 with a report naming the op."""
     sim = _thread0_sim()
     sim.spawn_python("main", lambda: parlib.uthread_create(_op, name="extra"))
     res = sim.run()
     assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert res.report.splitlines()[0] == (
-        "uthread 'main' raised Thread0Error: thread0 2LS asked to create more threads ('extra' after 'main')"
+        "Thread0Error in sched_ops.thread_create of 2LS 'thread0': "
+        "thread0 2LS asked to create more threads ('extra' after 'main')"
     )
 
 
