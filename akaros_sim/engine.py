@@ -111,6 +111,7 @@ class Engine:
         self.now = 0  # the time of the last event handled or vcore step started
         self.until: int | None = None  # the run's virtual-time budget
         self._stop_check = lambda: None  # the run's end test (set by run)
+        self.stop_soon = False  # set when the run may have ended: a suspension then goes back to the loop
 
     # -- events ---------------------------------------------------------------------
 
@@ -307,27 +308,34 @@ class Engine:
         next_vcore and compute_horizon, inlined: this runs on every suspension.)
         """
         me = vc.gl = getcurrent()
-        vcores = self.vcores
-        best, bclock = None, _FAR
-        for v in vcores:  # the furthest behind with something to run; ties: the lowest id
-            if v.online and v.gl is not None and v.clock < bclock:
-                best, bclock = v, v.clock
+        # One pass: the furthest-behind online vcore (ties: the lowest id) and the next one by
+        # (clock, id), which is all the horizon needs.  (An online vcore with nothing to run,
+        # a moment's state, sends the turn to the loop instead.)
+        best, bclock, c2, id2 = None, _FAR, _FAR, 0
+        for v in self.vcores:
+            if v.online:
+                if v.gl is None:
+                    best = None
+                    break
+                c = v.clock
+                if c < bclock:
+                    if best is not None:
+                        c2, id2 = bclock, best.id
+                    best, bclock = v, c
+                elif c < c2:
+                    c2, id2 = c, v.id
         heap = self._heap
         while heap and heap[0][3].cancelled:
             heapq.heappop(heap)
         t_ev = heap[0][0] if heap else None
         until = self.until
         if (best is None or (t_ev is not None and t_ev <= bclock) or (until is not None and bclock >= until)
-                or self._stop_check() is not None):
+                or self.stop_soon):
             self.gl.switch()
             return
-        horizon = _FAR if t_ev is None else t_ev - 1
-        bid = best.id
-        for v in vcores:
-            if v.online and v is not best:
-                limit = v.clock if v.id > bid else v.clock - 1
-                if limit < horizon:
-                    horizon = limit
+        horizon = c2 - 1 if c2 > bclock and id2 < best.id else c2
+        if t_ev is not None and t_ev - 1 < horizon:
+            horizon = t_ev - 1
         if until is not None and until - 1 < horizon:
             horizon = until - 1
         self.current = best

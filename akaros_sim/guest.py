@@ -83,6 +83,7 @@ class Guest:
         proc = self.proc
         engine = proc.engine
         if self.max_insns is not None and proc.cpu.retired >= self.max_insns:
+            engine.stop_soon = True
             engine.yield_to_engine()  # the loop sees the budget and ends the run
         engine.sync()
         vc = uth.vcore

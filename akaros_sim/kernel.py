@@ -317,6 +317,7 @@ class Kernel:
         Called from a vcore, the caller never runs again (its greenlet is parked
         and ended when the run is torn down); from kernel context it returns.
         """
+        self.engine.stop_soon = True
         if self.state is not ProcState.DYING:
             self.state = ProcState.DYING
             self.exit_status = status

@@ -420,6 +420,8 @@ def _exit_cb(proc, uth: Uthread, retval) -> None:
     uth.set_state(UthState.EXITED)
     uth.waits_for = None
     proc.live -= 1
+    if proc.live == 0:
+        proc.engine.stop_soon = True  # the loop checks whether the run is over
     proc.trace_event(None, "uthread_exit", target=uth.name, join=uth.join_state.name, retval=_plain(retval))
     if uth.join_state is JoinState.DETACHED:
         reap(proc, uth)
