@@ -50,8 +50,9 @@ FPE_INTDIV = 1
 SEGV_MAPERR, SEGV_ACCERR = 1, 2
 
 
-def _checked(fn: str, call, *args):
-    """Run a room's function, reporting a broken rule as a ParlibError naming the parlib function."""
+def _checked(call, *args):
+    """Run a room's function, reporting a broken rule (UthreadRunError, whose message names the
+    function) as the ParlibError a parlib caller expects."""
     try:
         return call(*args)
     except _uth.UthreadRunError as exc:
@@ -179,7 +180,7 @@ def run_current_uthread() -> None:
 def stop_current_uthread() -> Uthread:
     """Vcore context: detach the interrupted uthread from this vcore (SAVED, NOT_RUNNING) and return it."""
     proc, vc = vcore_ctx("stop_current_uthread")
-    return _checked("stop_current_uthread", _uth.stop_current_uthread, proc, vc)
+    return _checked(_uth.stop_current_uthread, proc, vc)
 
 
 def uthread_paused(uth: Uthread) -> None:
@@ -365,11 +366,11 @@ def uthread_exit(retval=None) -> None:
 def uthread_join(target: Uthread):
     """Uthread context: wait for target to exit; returns its return value."""
     proc, _, uth = uthread_ctx("uthread_join")
-    return _checked("uthread_join", _uth.uthread_join, proc, uth, target)
+    return _checked(_uth.uthread_join, proc, uth, target)
 
 
 def uthread_detach(target: Uthread) -> None:
     """Detach target: its resources go when it exits (now, if it already has)."""
     proc = current_proc("uthread_detach")
-    _checked("uthread_detach", _uth.uthread_detach, proc, target)
+    _checked(_uth.uthread_detach, proc, target)
 
