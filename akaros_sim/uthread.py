@@ -426,10 +426,11 @@ def _exit_cb(proc, uth: Uthread, retval) -> None:
     if uth.join_state is JoinState.DETACHED:
         reap(proc, uth)
     elif uth.join_state is JoinState.HAS_JOINER:
+        # uth_post_and_kick_joiner, then thread_exited (parlib's __uth_2ls_thread_exit_cb order)
         joiner = uth.joiner
         joiner.join_result = retval
-        reap(proc, uth)
         _join_kick(proc, joiner)
+        reap(proc, uth)
     # JOINABLE: it waits, EXITED, for a join or a detach to reap it
 
 
@@ -455,15 +456,20 @@ def uthread_join(proc, uth: Uthread, target: Uthread):
         raise UthreadRunError(f"uthread_join({target.name!r}): it has been reaped already (joined or detached)")
     if target.join_state is not JoinState.JOINABLE:
         raise UthreadRunError(f"uthread_join({target.name!r}) from {uth.name!r}: target is {target.join_state.name}")
-    if target.state is UthState.EXITED:
-        reap(proc, target)
-        return target.exit_value
-    target.set_join_state(JoinState.HAS_JOINER)
-    target.joiner = uth
     uth.join_kref = 2  # the target's exit and this uthread's block: runnable after both
+    if target.state is UthState.EXITED:
+        # join_one on an exited target: take its value and reap it now; the joiner still
+        # yields (through the ready queue), as parlib's uthread_join_arr always does
+        uth.join_result = target.exit_value
+        reap(proc, target)
+        _join_kick(proc, uth)
+    else:
+        target.set_join_state(JoinState.HAS_JOINER)
+        target.joiner = uth
 
     def join_cb(uth, _target):
-        waits(proc, uth, f"uthread {target.name!r} to exit")
+        if uth.join_kref > 1:
+            waits(proc, uth, f"uthread {target.name!r} to exit")
         proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MISC)
         _join_kick(proc, uth)
 

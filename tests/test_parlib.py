@@ -225,8 +225,10 @@ def test_cv_broadcast_wakes_all_in_bulk_and_they_reacquire_the_mutex():
 # -- join and detach ------------------------------------------------------------------------------------
 
 
-def test_join_of_an_exited_thread_returns_at_once_and_reaps_it_then():
-    """c exits joinable (thread_exited deferred); main's later join returns 42 without yielding and reaps c."""
+def test_join_of_an_exited_thread_reaps_it_then_blocks_through_the_2ls():
+    """c exits joinable (thread_exited deferred); main's later join reaps c, then, as parlib's
+    uthread_join_arr always does (user/parlib/uthread.c join_one, __uth_join_cb), blocks and is
+    made runnable again through the 2LS before returning 42."""
     sim = make_sim()
     log = []
 
@@ -247,6 +249,11 @@ def test_join_of_an_exited_thread_returns_at_once_and_reaps_it_then():
         ("run", "main", "main"),
         ("op", "thread_exited", "c"),  # called by the joiner (an op record names its subject uthread) ...
         ("uthread_cleanup", "c", "main"),  # ... in its own context
+        ("vcore_entry", "main", "main"),  # the join still yields ...
+        ("op", "thread_has_blocked", "main"),
+        ("op", "thread_runnable", "main"),  # ... and its own kick makes it runnable
+        ("op", "sched_entry", ""),
+        ("run", "main", "main"),
         ("vcore_entry", "main", "main"),  # main's own exit
         ("uthread_exit", "main", "main"),
         ("op", "sched_entry", ""),
@@ -255,7 +262,7 @@ def test_join_of_an_exited_thread_returns_at_once_and_reaps_it_then():
 
 
 def test_join_of_a_running_thread_blocks_until_it_exits():
-    """main joins c before c ran: has_blocked(MISC), c runs and exits, thread_exited(c), main woken with c's value."""
+    """main joins c before c ran: has_blocked(MISC), c runs and exits, main woken with c's value, thread_exited(c)."""
     sim = make_sim()
     log = []
 
@@ -271,8 +278,8 @@ def test_join_of_a_running_thread_blocks_until_it_exits():
         ("thread_create", ("c",)),
         ("thread_has_blocked", ("main", parlib.UTH_EXT_BLK_MISC)),
         ("sched_entry", ()),
-        ("thread_exited", ("c",)),  # c exits with a joiner: reaped now ...
-        ("thread_runnable", ("main",)),  # ... and the joiner woken
+        ("thread_runnable", ("main",)),  # c exits with a joiner: the joiner kicked (post and kick) ...
+        ("thread_exited", ("c",)),  # ... then c reaped, in parlib's order
         ("sched_entry", ()),
         ("sched_entry", ()),
     ]
