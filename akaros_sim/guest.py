@@ -76,6 +76,9 @@ class Guest:
                 ctx.rax = self._syscall(uth, stop) & U64
                 self.preempt_point(uth)
                 continue
+            if stop.trap_nr == TrapNr.BP:
+                self._breakpoint(uth, stop)
+                continue
             self._reflect_fault(uth, stop)
 
     def preempt_point(self, uth: Uthread) -> None:
@@ -127,6 +130,19 @@ class Guest:
         )  # fmt: skip
         uth.interrupted = Interrupt.FAULT
         engine.enter_vcore_context(vc, Entry.FAULT)
+
+    def _breakpoint(self, uth: Uthread, stop: TrapStop) -> None:
+        """A user int3: the kernel handles it itself (kern/arch/x86/trap.c, trap_dispatch: T_BRKPT ->
+        backtrace_user_ctx), records where it was, and the uthread carries on after it."""
+        proc = self.proc
+        engine = proc.engine
+        engine.sync()
+        engine.advance(proc.costs.fault_reflect_ns)
+        ctx = uth.ctx
+        ctx.clear_trap()
+        proc.trace_event(uth.vcore, "breakpoint", uth=uth, rip=ctx.rip,
+                         insn=describe_insn(proc.mem, trap_insn_addr(proc.mem, TrapNr.BP, ctx.rip)))  # fmt: skip
+        self.preempt_point(uth)
 
     # -- injections at an instruction count --------------------------------------------------
 

@@ -510,7 +510,8 @@ def test_fixup_runs_are_deterministic():
 # -- known bugs --------------------------------------------------------------------------------
 
 # A breakpoint right before an extable site: #BP is a trap, reported with rip
-# already past the int3, i.e. at the site, although the load there never ran.
+# already past the int3, i.e. at the site, although the load there never ran;
+# a handler must not take it for a fault at the site.
 BREAKPOINT_BEFORE_SITE = """
 _start:
     lea rbx, [rip + value]              # a good pointer: the load cannot fault
@@ -536,15 +537,15 @@ def test_handler_declines_a_trap_whose_rip_is_past_the_instruction(trap):
     assert ctx == before
 
 
-def test_a_breakpoint_before_a_site_reaches_the_2ls_instead_of_faking_a_fixup():
-    """int3 then a good load at a site: pthread gets the #BP (unhandled: exit -1); no -EFAULT, no fixup."""
+def test_a_breakpoint_before_a_site_is_the_kernels_and_fakes_no_fixup():
+    """int3 then a good load at a site: the kernel handles the #BP, the load runs; no -EFAULT, no fixup."""
     program = assemble(BREAKPOINT_BEFORE_SITE, name="bp")
     sim = _pthread_sim(program)
     sim.spawn_guest("g", program.entry)
     res = sim.run()
     assert sim.trace.of_kind("extable_fixup") == []
-    assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
-    assert res.report.startswith("Pthread has unhandled fault: uthread 'g' trap 3 (#BP)")
+    assert (res.end, sim.uthread("g").exit_value) == (RunEnd.ALL_EXITED, 1234)
+    assert [r.kind for r in sim.trace.of_kind("breakpoint", "fault")] == ["breakpoint"]
 
 
 def test_installing_the_same_sched_ops_twice_keeps_one_fault_chain():

@@ -687,14 +687,17 @@ def test_undefined_opcode_exits_minus_1_with_a_report():
                                ("run_end", "")]  # fmt: skip
 
 
-def test_breakpoint_exits_minus_1_with_a_report():
-    """#BP (int3) under pthread is unhandled too: exit(-1), the report names trap 3."""
-    sim, _, res = run_guest("entry:\n nop\n int3\n ret\n")
-    assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
-    assert res.report.splitlines()[0] == "Pthread has unhandled fault: uthread 'g' trap 3 (#BP) err 0x0 aux 0x0"
+def test_a_breakpoint_is_handled_by_the_kernel_and_the_thread_carries_on():
+    """int3 in user code: Akaros's kernel handles T_BRKPT itself (kern/arch/x86/trap.c, trap_dispatch:
+    backtrace_user_ctx, handled), so nothing is reflected to pthread and the uthread runs on after it."""
+    sim, _, res = run_guest("entry:\n nop\n int3\n mov rax, 7\n ret\n")
+    assert (res.end, res.exit_status, sim.uthread("g").exit_value) == (RunEnd.ALL_EXITED, None, 7)
+    assert [r.get("op") for r in sim.trace.of_kind("op") if r.get("op") == "thread_refl_fault"] == []
 
 
-def test_breakpoint_report_shows_the_int3():
-    """The report's disassembly for #BP names the int3 that trapped."""
-    _, _, res = run_guest("entry:\n nop\n int3\n ret\n")
-    assert "int3" in res.report.splitlines()[1]
+def test_the_breakpoint_record_names_the_int3():
+    """The kernel's breakpoint record carries the rip after it and the int3's disassembly."""
+    sim, prog, _ = run_guest("entry:\n nop\n int3\n ret\n")
+    (rec,) = sim.trace.of_kind("breakpoint")
+    assert (rec.uth, rec.get("rip"), rec.get("insn")) == ("g", prog.symbol("entry") + 2,
+                                                          f"{prog.symbol('entry') + 1:#x}: cc  int3")  # fmt: skip
