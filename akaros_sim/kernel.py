@@ -269,7 +269,11 @@ class Kernel:
             vc.preempt_pending = self.engine.now + warning_ns
             vc.pending_duration = duration_ns
             self.proc.trace_event(vc, "preempt_warn", deadline=vc.preempt_pending)
-            self.post(vc, EventMsg(EV_PREEMPT_PENDING), notify=True)
+            if EV_PREEMPT_PENDING in self.proc.ev_handlers:
+                # __proc_preempt_warn sends the event only where the process asked for it, and
+                # parlib registers no handler: without one the vcore sees the warning when it next
+                # polls (__check_preempt_pending in vcore context); a busy uthread runs on to the deadline
+                self.post(vc, EventMsg(EV_PREEMPT_PENDING), notify=True)
             self.engine.schedule(vc.preempt_pending, "preempt", self._preempt_deadline, vc, duration_ns)
         else:
             self._preempt_now(vc, duration_ns)

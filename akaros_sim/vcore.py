@@ -19,7 +19,7 @@ vcore_entry_ns, with no new record.
 
 from __future__ import annotations
 
-from akaros_sim.kernel import EV_ALARM, EV_CHECK_MSGS, EV_POSIX_SIGNAL, EV_PREEMPT_PENDING, EV_VCORE_PREEMPT
+from akaros_sim.kernel import EV_ALARM, EV_CHECK_MSGS, EV_POSIX_SIGNAL, EV_VCORE_PREEMPT
 from akaros_sim.uthread import UthFlag, uthread_pause
 
 _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
@@ -59,9 +59,8 @@ def handle_events(proc, vc) -> int:
         proc.trace_event(vc, "event", ev_type=msg.ev_type, arg2=msg.arg2)
         if msg.ev_type == EV_VCORE_PREEMPT:
             handle_vc_preempt(proc, vc, msg.arg2)
-        elif msg.ev_type in (EV_PREEMPT_PENDING, EV_ALARM, EV_CHECK_MSGS):
-            # parlib registers no handler: warnings are polled (check_preempt_pending)
-            # and vcore ticks are counted by the kernel and polled with vcore_tick_poll
+        elif msg.ev_type in (EV_ALARM, EV_CHECK_MSGS):
+            # vcore ticks are counted by the kernel and polled with vcore_tick_poll
             pass
         elif msg.ev_type == EV_POSIX_SIGNAL:
             proc.call_op("got_posix_signal", msg.arg2, None)

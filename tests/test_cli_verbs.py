@@ -199,7 +199,7 @@ def test_export_draws_one_track_per_vcore_with_uthread_slices_and_preemptions(tm
     preemption = ("preempt", "preempt_warn", "preempt_recover")
     instants = [(e["cat"], e["tid"], e["ts"]) for e in events if e["ph"] == "i" and e["cat"] in preemption]
     assert instants == [(r["kind"], r["vc"], r["t"] / 1000) for r in records if r["kind"] in preemption]
-    assert [cat for cat, _, _ in instants] == ["preempt", "preempt_recover", "preempt_warn"]
+    assert [cat for cat, _, _ in instants] == ["preempt", "preempt_recover", "preempt_warn", "preempt", "preempt_recover"]
 
 
 def test_export_marks_each_fault_with_an_instant_event(tmp_path):

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from akaros_sim import parlib
 from akaros_sim.asm import assemble
 from akaros_sim.interpose import FaultStatus
-from akaros_sim.kernel import SYS_block
+from akaros_sim.kernel import EV_PREEMPT_PENDING, SYS_block
 from akaros_sim.memory import PAGE_SIZE, Prot
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasError, RasTable
@@ -257,12 +258,21 @@ counter: .quad 0
 """
 
 
+class _ListeningPthread(PthreadSched):
+    """pthread with a handler for EV_PREEMPT_PENDING: a warning interrupts the running uthread at once."""
+
+    def sched_init(self) -> None:
+        super().sched_init()
+        parlib.register_ev_handler(EV_PREEMPT_PENDING, lambda msg, ev_type: None)
+
+
 def steal_run(warning_ns: int = 0, ras: bool = True):
-    """pthread on 2 vcores; vcore 1 is preempted (for long) while B is inside its sequence."""
+    """pthread on 2 vcores; vcore 1 is preempted (for long) while B is inside its sequence (warned first,
+    with a handler that listens for the warning, if warning_ns)."""
     program = assemble(STEAL_SRC if ras else STEAL_SRC.replace(".ras seq_start, seq_end", ""), name="steal")
     sim = Simulation(2)
     sim.load(program)
-    sim.set_sched(PthreadSched())
+    sim.set_sched(_ListeningPthread() if warning_ns else PthreadSched())
     sim.spawn_guest("a", program.symbols["a_entry"], program.symbols["counter"])
     sim.spawn_guest("b", program.symbols["b_entry"], program.symbols["counter"])
     sim.preempt_at(3000, 1, warning_ns=warning_ns, duration_ns=1_000_000)
@@ -293,7 +303,8 @@ def test_a_preempted_uthread_is_restarted_when_stolen_and_finishes_on_another_vc
 
 
 def test_a_warned_preemption_pauses_and_restarts_the_uthread():
-    """With a warning, vcore 1 hands B back itself (preempt_pending) and yields; B restarts (why=notify).
+    """With a warning (and a handler listening for it), vcore 1 hands B back itself (preempt_pending) and
+    yields; B restarts (why=notify).
 
     The warning must outlast the notification's path: vcore entry, the event and the op take 500 ns.
     """

@@ -6,7 +6,7 @@ import pytest
 
 from akaros_sim import parlib
 from akaros_sim.engine import Costs
-from akaros_sim.kernel import EV_USER_IPI, EventMsg
+from akaros_sim.kernel import EV_PREEMPT_PENDING, EV_USER_IPI, EventMsg
 from akaros_sim.simulation import RunEnd, Simulation
 from schedops.pthread import PthreadSched
 from scripted_2ls import SPIN, Fifo2LS, spin_insns, spin_sim
@@ -21,9 +21,17 @@ def _story(sim: Simulation, *kinds: str, ops: tuple[str, ...] = ()) -> list[tupl
     ]
 
 
-def _long_and_short(**preempt) -> Simulation:
+class _ListeningPthread(PthreadSched):
+    """pthread that registers a handler for EV_PREEMPT_PENDING, so a warning is delivered at once."""
+
+    def sched_init(self) -> None:
+        super().sched_init()
+        parlib.register_ev_handler(EV_PREEMPT_PENDING, lambda msg, ev_type: None)
+
+
+def _long_and_short(listen: bool = False, **preempt) -> Simulation:
     """pthread on two vcores: `long` on vcore 0, `short` on vcore 1, optionally one preempt_at."""
-    sim = spin_sim(PthreadSched(), 2, long=(20_000, 7), short=(2000, 9))
+    sim = spin_sim(_ListeningPthread() if listen else PthreadSched(), 2, long=(20_000, 7), short=(2000, 9))
     if preempt:
         sim.preempt_at(**preempt)
     return sim
@@ -95,9 +103,23 @@ def test_preempted_vcore_comes_back_after_the_duration_while_still_wanted(unpree
 # -- preempt_pending warnings ----------------------------------------------------------------------------
 
 
-def test_preempt_warning_hands_the_uthread_back_and_yields_nicely(unpreempted):
-    """On a warning the vcore pauses its uthread (why=preempt_pending) and yields nicely; amt_wanted is kept."""
+def test_without_a_handler_a_warning_is_not_delivered_and_the_deadline_preempts(unpreempted):
+    """As in Akaros (parlib registers no EV_PREEMPT_PENDING handler; kern/src/process.c __proc_preempt_warn
+    sends the event only to one), a busy uthread runs on through the warning, is preempted at the deadline
+    and stolen by the peer, and finishes exact."""
     sim = _long_and_short(time_ns=5000, vcore=0, warning_ns=3000, duration_ns=5000)
+    assert sim.run().end is RunEnd.ALL_EXITED
+    assert [(r.t, r.vc, r.kind) for r in sim.trace.of_kind("preempt_warn", "preempt", "preempt_recover")] == [
+        (5000, 0, "preempt_warn"), (8000, 0, "preempt"), (8450, 1, "preempt_recover"),
+    ]  # fmt: skip
+    assert [r for r in sim.trace.of_kind("event_post") if r.get("ev_type") == EV_PREEMPT_PENDING] == []
+    assert sim.uthread("long").ctx.regs() == unpreempted.uthread("long").ctx.regs()
+
+
+def test_preempt_warning_hands_the_uthread_back_and_yields_nicely(unpreempted):
+    """With a handler registered, a warning interrupts at once: the vcore pauses its uthread
+    (why=preempt_pending) and yields nicely; amt_wanted is kept."""
+    sim = _long_and_short(listen=True, time_ns=5000, vcore=0, warning_ns=3000, duration_ns=5000)
     assert sim.run().end is RunEnd.ALL_EXITED
     kinds = ("preempt_warn", "preempt", "event_post", "notify", "vcore_entry", "event", "uthread_pause",
              "vcore_offline")  # fmt: skip
@@ -119,14 +141,19 @@ def test_preempt_warning_hands_the_uthread_back_and_yields_nicely(unpreempted):
 
 def test_nicely_yielded_vcore_is_away_only_for_the_requested_duration():
     """A vcore that yields on a warning comes back within the preemption's duration_ns (plus the grant)."""
-    sim = _long_and_short(time_ns=5000, vcore=0, warning_ns=3000, duration_ns=5000)
+    sim = _long_and_short(listen=True, time_ns=5000, vcore=0, warning_ns=3000, duration_ns=5000)
     sim.run()
     returns = [r.t for r in sim.trace.of_kind("vcore_online") if r.vc == 0][1:]
     assert returns and returns[0] <= 8000 + 5000 + Costs().vcore_grant_ns
 
 
 class _SlowToNotice(Fifo2LS):
-    """Fifo2LS whose preempt_pending op spends 5 us in vcore context before giving the uthread back."""
+    """Fifo2LS that listens for warnings, and whose preempt_pending op spends 5 us in vcore context
+    before giving the uthread back."""
+
+    def sched_init(self) -> None:
+        super().sched_init()
+        parlib.register_ev_handler(EV_PREEMPT_PENDING, lambda msg, ev_type: None)
 
     def preempt_pending(self) -> None:
         engine = parlib.current_sim().engine
