@@ -450,6 +450,7 @@ class Kernel:
         uth = sysc.u_data
         if uth is not None and uth.sysc is sysc:
             uth.waits_for = None  # done: the 2LS's to run once its event is handled (the 2LS contract)
+            uth.runnable_at = self._kernel_now()
         self.proc.trace_event(None, "syscall_done", sysc=sysc.id, name=sysc.name, ret=sysc.retval)
         if sysc.ev_q is not None:
             self.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))

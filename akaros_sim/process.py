@@ -50,6 +50,8 @@ _VDSO_CODE = {
     VDSO_SIGRETURN: b"\xb8" + struct.pack("<I", SYS_sigreturn) + b"\x0f\x05\x0f\x0b",
     VDSO_GUEST_RETURN: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_guest_return) + b"\x0f\x05\x0f\x0b",
 }
+DEFAULT_STALL_NS = 1_000_000_000  # a runnable uthread unrun for 1 s of virtual time is a stalled 2LS
+STALL_SCAN_RUNS = 1024  # the watchdog looks at every uthread once per this many runs
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections during a run (CPython's default: 700)
 _ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 U64 = (1 << 64) - 1
@@ -62,12 +64,15 @@ class ProcessError(RuntimeError):
 class Process:
     """One process's shared state.  Lifecycle: built -> set up (2LS, programs, threads) -> run once -> closed."""
 
-    def __init__(self, vcores: int, seed: int, costs: Costs, trace, facade, check: bool = True) -> None:
+    def __init__(self, vcores: int, seed: int, costs: Costs, trace, facade, check: bool = True,
+                 stall_ns: int = DEFAULT_STALL_NS) -> None:
         self.costs = costs
         self.seed = seed
         self.rng = random.Random(seed)
         self.trace = trace
         self.checking = check  # the 2LS contract checker (cheap; off only for speed runs)
+        self.stall_ns = stall_ns  # the watchdog's limit on how long a runnable uthread may wait
+        self._runs_to_scan = STALL_SCAN_RUNS
         self.tracing = trace.enabled  # False: no record is built at all (hot paths check this first)
         self.record = trace.appender()  # hot paths append a row tuple themselves (None: tracing off)
         self._op_ns = costs.sched_op_ns
@@ -192,6 +197,7 @@ class Process:
                 record((engine.now, -1, subject, "op", details))
         if name in _HANDS_OVER and args and isinstance(args[0], Uthread):
             args[0].waits_for = None  # the 2LS's to run now (the 2LS contract)
+            args[0].runnable_at = self.engine.time()
         try:
             return op(*args)
         except Exception as exc:
@@ -206,6 +212,30 @@ class Process:
     def contract_violation(self, what: str) -> None:
         """A 2LS broke its contract: the process ends with a report naming the 2LS, the uthread and the record."""
         self.kernel.exit(-1, "2LS contract", f"2LS contract: {what} (at trace record #{len(self.trace)})")
+
+    def watch_stalls(self, uth: Uthread) -> None:
+        """The stall watchdog (as sched_ext's): no uthread waits longer than stall_ns to be run by the 2LS.
+
+        Checked for each uthread as it runs, and for every uthread every STALL_SCAN_RUNS runs (a
+        count, not a time: the check leaves no mark on the schedule or the trace).
+        """
+        now, limit = self.engine.time(), self.stall_ns
+        if now - uth.runnable_at > limit:
+            self._stalled(uth, now)
+        self._runs_to_scan -= 1
+        if self._runs_to_scan <= 0:
+            self._runs_to_scan = STALL_SCAN_RUNS
+            held = {vc.current_uthread for vc in self.engine.vcores}
+            for other in self.uthreads:
+                if (not other.done and other.waits_for is None and other not in held
+                        and now - other.runnable_at > limit):
+                    self._stalled(other, now)
+
+    def _stalled(self, uth: Uthread, now: int) -> None:
+        self.contract_violation(
+            f"2LS {self.ops.name!r} left uthread {uth.name!r} unrun for {now - uth.runnable_at:,} ns "
+            f"(the stall limit is {self.stall_ns:,} ns; it became the 2LS's to run at t={uth.runnable_at})"
+        )
 
     def check_nothing_lost(self) -> None:
         """At an idle end: every uthread that has not exited waits for something, or runs (none is lost)."""
@@ -242,6 +272,7 @@ class Process:
         uth.id = len(self.uthreads)
         if uth.name in self.names:
             uth.name = f"{uth.name}#{uth.id}"
+        uth.runnable_at = self.engine.time()  # the 2LS's to run from its creation
         self.names[uth.name] = uth
         self.uthreads.append(uth)
         self.live += 1

@@ -6,9 +6,8 @@ executor, signals, sync and parlib.  Nothing lives at module level: two
 simulations run side by side in one process, and nothing inside points back
 at the Simulation, so dropping it frees it.
 
-Lifecycle: build (programs, 2LS, threads, injections) -> run() once -> inspect results.
-After run() every greenlet has ended and the Unicorn instance is released;
-guest memory stays readable (and writable) through `mem`.
+Lifecycle: build (programs, 2LS, threads, injections) -> run() once -> inspect results.  After
+run(), every greenlet has ended and Unicorn is released; `mem` stays readable (and writable).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from akaros_sim.engine import Costs, RunEnd
 from akaros_sim.extable import ExceptionTable, ExtableHandler
 from akaros_sim.interpose import HandlerChain, handler_name
 from akaros_sim.memory import Prot
-from akaros_sim.process import Process
+from akaros_sim.process import DEFAULT_STALL_NS, Process
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasHandler, RasTable
 from akaros_sim.sched_ops import SchedOps
@@ -64,18 +63,19 @@ class Simulation:
     """One process: memory, CPU, vcores, kernel, 2LS, trace, seeded RNG."""
 
     def __init__(self, vcores: int = 1, *, seed: int = 0, costs: Costs | None = None, trace=None,
-                 check: bool = True) -> None:
-        """Build an empty process.  `trace`: None for a fresh Trace, a Trace to fill, or False for none.
-        `check`: the 2LS contract checker (a lost or wrongly run uthread ends the process with a report)."""
-        if not isinstance(vcores, int) or isinstance(vcores, bool) or vcores < 1:
-            raise SimulationError(f"Simulation: expected vcores >= 1, got {vcores!r}")
-        if vcores > MAX_VCORES:
-            raise SimulationError(f"Simulation: expected vcores <= {MAX_VCORES}, got {vcores!r}")
+                 check: bool = True, stall_ns: int = DEFAULT_STALL_NS) -> None:
+        """An empty process.  `trace`: None (a fresh Trace), a Trace to fill, or False (none).  `check`: the
+        2LS contract checker, whose watchdog reports a runnable uthread unrun for `stall_ns`."""
+        for key, value, high in (("vcores", vcores, MAX_VCORES), ("stall_ns", stall_ns, 1 << 62)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SimulationError(f"Simulation: expected {key} >= 1, got {value!r}")
+            if value > high:
+                raise SimulationError(f"Simulation: expected {key} <= {high}, got {value!r}")
         self.seed = seed
         self.costs = costs or Costs()
         if trace is None or trace is False:  # False: keep no records at all (results and statistics only)
             trace = Trace({"seed": seed, "vcores": vcores}, enabled=trace is None)
-        self.proc = Process(vcores, seed, self.costs, trace, self, check)
+        self.proc = Process(vcores, seed, self.costs, trace, self, check, stall_ns)
         self.result: RunResult | None = None
 
     # -- what a user inspects (the process's state) ----------------------------------------

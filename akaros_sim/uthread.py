@@ -135,7 +135,8 @@ class Uthread:
     __slots__ = (
         "entry", "name", "kind", "id", "_state", "done", "flags", "sysc", "join_state", "joiner", "join_kref",
         "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "tls_vcore", "sig_pending",
-        "sigdata", "interrupted", "greenlet", "vcore", "insns", "waits_for", "waiting_since", "__dict__",
+        "sigdata", "interrupted", "greenlet", "vcore", "insns", "waits_for", "waiting_since", "runnable_at",
+        "__dict__",
     )  # fmt: skip
 
     def __init__(self, entry: UthreadEntry) -> None:
@@ -174,6 +175,7 @@ class Uthread:
         # anything (None: running, or handed to the 2LS to run), and since which trace record
         self.waits_for: str | None = None
         self.waiting_since = 0
+        self.runnable_at = 0  # the virtual time it last became the 2LS's to run (the stall watchdog)
 
     @property
     def ctx(self) -> UserContext:
@@ -234,6 +236,8 @@ def waits(proc, uth: Uthread, what: str | None) -> None:
     """The 2LS contract's view of uth: it waits for `what` (None: it is the 2LS's to run, or running)."""
     uth.waits_for = what
     uth.waiting_since = len(proc.trace)
+    if what is None:
+        uth.runnable_at = proc.engine.time()
 
 
 # -- vcore context: starting and resuming uthreads -------------------------------------------------
@@ -295,12 +299,15 @@ def handle_refl_fault(proc, vc, uth: Uthread) -> None:
 
 def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
     """Load uth on vc and leave vcore context (pop_user_ctx)."""
-    if uth.waits_for is not None and proc.checking:
-        proc.contract_violation(
-            f"2LS {proc.ops.name!r} ran uthread {uth.name!r}, which waits for {uth.waits_for} "
-            f"(since trace record #{uth.waiting_since})"
-        )
     engine = proc.engine
+    if proc.checking:
+        if uth.waits_for is not None:
+            proc.contract_violation(
+                f"2LS {proc.ops.name!r} ran uthread {uth.name!r}, which waits for {uth.waits_for} "
+                f"(since trace record #{uth.waiting_since})"
+            )
+        if not resume:
+            proc.watch_stalls(uth)
     engine.advance(proc.costs.context_switch_ns)
     if not resume:
         uth._state = _RUNNING  # NOT_RUNNING -> RUNNING: checked by the callers

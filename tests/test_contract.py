@@ -11,6 +11,8 @@ with the checker on).
 
 from __future__ import annotations
 
+import re
+
 from akaros_sim import FaultStatus, Simulation, parlib
 from akaros_sim.asm import assemble
 from akaros_sim.kernel import SYS_block
@@ -159,3 +161,72 @@ def test_correct_2lses_never_trip_the_checker_on_blocking_work():
     result = sim.run()
     assert (result.end, result.report, sim.uthread("main").exit_value) == (RunEnd.ALL_EXITED, None, 15)
     assert spin_sim(Fifo2LS(), 2, a=(100, 1), b=(100, 2)).run().end is RunEnd.ALL_EXITED
+
+
+class _Favours(Fifo2LS):
+    """Runs `victim` only when nothing else is ready: with a uthread that yields forever, never."""
+
+    def _pick(self):
+        others = [uth for uth in self.ready if uth.name != "victim"]
+        if others:
+            self.ready.remove(others[0])
+            return others[0]
+        return super()._pick()
+
+
+def _yield_forever():
+    while True:
+        parlib.uthread_sched_yield()
+
+
+def test_a_starved_uthread_is_reported_by_the_stall_watchdog():
+    """A 2LS that never runs a ready uthread: the watchdog names it, how long it waited and since when."""
+    sim = Simulation(1, stall_ns=200_000)
+    sim.set_sched(_Favours())
+    sim.spawn_python("hog", _yield_forever)
+    sim.spawn_python("victim", parlib.uthread_sched_yield)
+    result = sim.run(until_ns=10**9)
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    assert result.report.startswith("2LS contract: 2LS 'fifo' left uthread 'victim' unrun for ")
+    match = re.search(r"unrun for ([\d,]+) ns \(the stall limit is 200,000 ns; it became the 2LS's "
+                      r"to run at t=(\d+)\) \(at trace record #\d+\)$", result.report)
+    waited, since = int(match[1].replace(",", "")), int(match[2])
+    assert since < 1_000 and waited > 200_000 and since + waited == result.time_ns
+    assert sim.uthread("victim").insns == 0 and sim.uthread("victim").exit_value is None
+
+
+def test_the_watchdog_reports_the_same_stall_at_the_same_record_every_run():
+    """The watchdog counts runs, not host time: two runs give byte-identical reports and traces."""
+    def once():
+        sim = Simulation(2, seed=3, stall_ns=150_000)
+        sim.set_sched(_Favours())
+        sim.spawn_python("hog", _yield_forever)
+        sim.spawn_python("hog2", _yield_forever)
+        sim.spawn_python("victim", parlib.uthread_sched_yield)
+        result = sim.run(until_ns=10**9)
+        return result.report, sim.trace.to_jsonl()
+
+    first = once()
+    assert first[0].startswith("2LS contract: 2LS 'fifo' left uthread 'victim' unrun")
+    assert once() == first
+
+
+def test_waiting_is_not_stalling():
+    """Uthreads that sleep or block far longer than the limit are waiting, not stalled: no report."""
+    sim = Simulation(2, stall_ns=100_000)  # above the kernel's vcore grant latency, far below the waits
+    sim.set_sched(PthreadSched())
+    sim.spawn_python("sleeper", parlib.uthread_sleep, 5_000_000)
+    sim.spawn_python("blocker", parlib.syscall, SYS_block, 3_000_000)
+    result = sim.run()
+    assert (result.end, result.report) == (RunEnd.ALL_EXITED, None)
+    assert result.time_ns >= 5_000_000
+
+
+def test_the_watchdog_is_off_with_the_checker():
+    """check=False turns the watchdog off too: the starving 2LS runs to the time limit."""
+    sim = Simulation(1, stall_ns=200_000, check=False)
+    sim.set_sched(_Favours())
+    sim.spawn_python("hog", _yield_forever)
+    sim.spawn_python("victim", parlib.uthread_sched_yield)
+    result = sim.run(until_ns=2_000_000)
+    assert result.end is RunEnd.TIME_BUDGET and result.report is None

@@ -168,10 +168,12 @@ def test_run_without_a_2ls_is_refused():
         (lambda sim: sim.preempt_at(10, 2), "preempt_at: no vcore 2 (the machine has 2)"),
         (lambda sim: sim.at(-1, "x", print), "Simulation.at: expected a time >= 0 ns, got -1"),
         (lambda sim: Simulation(0), "Simulation: expected vcores >= 1, got 0"),
+        (lambda sim: Simulation(1, stall_ns=0), "Simulation: expected stall_ns >= 1, got 0"),
+        (lambda sim: Simulation(1, stall_ns=1.5), "Simulation: expected stall_ns >= 1, got 1.5"),
     ],
 )
 def test_bad_arguments_are_named(call, message):
-    """preempt_at on a missing vcore, at() in negative time and a vcore-less machine are refused by name."""
+    """preempt_at on a missing vcore, at() in negative time, no vcores and no stall limit are refused by name."""
     with pytest.raises(SimulationError) as info:
         call(Simulation(2))
     assert str(info.value) == message
