@@ -109,3 +109,72 @@ def test_machine_write_from_a_null_buffer_is_efault_not_a_traceback(tmp_path, ca
     assert main(["machine", str(prog)]) == 0
     out = capsys.readouterr().out
     assert "syscall write(1, 0x0, 5): -EFAULT (read: address 0x0 is not mapped)" in out
+
+
+_LOSES_YIELDERS = '''
+from schedops.pthread import PthreadSched
+
+
+class Loses(PthreadSched):
+    """Forgets a uthread that yields: its thread_runnable after a yield is dropped."""
+
+    name = "loses"
+
+    def thread_runnable(self, uth):
+        if getattr(uth, "ran", False):
+            return
+        uth.ran = True
+        super().thread_runnable(uth)
+'''
+
+_LOSES_SCENARIO = '''
+description = "a 2LS that loses a yielder"
+[scheduler]
+name = "loses.py:Loses"
+[[threads]]
+name = "yielder"
+python = "yielder.py:main"
+'''
+
+
+def test_explain_around_shows_the_records_a_contract_report_points_at(tmp_path, capsys):
+    """run names the trace record of a 2LS contract violation; explain --around it shows that record, numbered."""
+    (tmp_path / "loses.py").write_text(_LOSES_YIELDERS)
+    (tmp_path / "yielder.py").write_text("from akaros_sim import parlib\n\ndef main():\n    parlib.uthread_sched_yield()\n")
+    (tmp_path / "s.toml").write_text(_LOSES_SCENARIO)
+    trace = str(tmp_path / "t.jsonl")
+    assert main(["run", str(tmp_path / "s.toml"), "--trace", trace]) == 0  # no expectations: none fails
+    out = capsys.readouterr().out
+    index = int(out.split("(at trace record #")[1].split(")")[0])
+    assert "lost uthread 'yielder'" in out
+    assert main(["explain", trace, "--around", str(index), "--context", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == trace
+    assert [line.split()[0] for line in lines[1:]] == [f"#{i}" for i in range(index - 3, index + 1)]
+    assert "the process exits with status -1 (2LS contract)" in lines[-1] or "2LS contract" in lines[-1]
+    assert main(["explain", trace, "--around", str(index + 1000)]) == 2
+    assert capsys.readouterr().err == f"akaros-sim: {trace}: --around {index + 1000}: the trace has records #0 to #{index + 1}\n"
+
+
+def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    """A bug inside a verb: one line naming the verb and exit status 1; with --debug, the exception itself."""
+    import akaros_sim.tools.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("a bug of ours")
+
+    monkeypatch.setattr(cli, "cmd_list", broken)
+    assert main(["list"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "akaros-sim: internal error in `list`: ZeroDivisionError: a bug of ours "
+        "(run again with --debug for the Python traceback, and please report it)\n"
+    )
+    assert "Traceback" not in captured.out + captured.err
+    for argv in (["--debug", "list"], ["list", "--debug"]):
+        try:
+            main(argv)
+        except ZeroDivisionError as exc:
+            assert str(exc) == "a bug of ours"
+        else:
+            raise AssertionError(f"{argv}: --debug did not let the exception through")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from akaros_sim import __version__
@@ -146,6 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         notes = "; ".join(getattr(exc, "__notes__", ()))
         where = f" ({notes})" if notes else ""
         kept = f"; the trace so far is in {args.trace}" if args.trace else ""
+        if args.debug:
+            traceback.print_exception(exc)
         print(f"akaros-sim: the run failed: {type(exc).__name__}: {exc}{where}{kept}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -301,8 +304,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         trace = run.sim.trace
         title = f"{args.source}: {run.scenario.description}"
+    try:
+        lines = narrate(trace, brief=args.brief, around=args.around, context=args.context)
+    except ValueError as exc:
+        return _fail(f"{args.source}: {exc}")
     print(title)
-    for line in narrate(trace, brief=args.brief):
+    for line in lines:
         print(line)
     return 0
 
@@ -333,14 +340,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive, _natural = _at_least(1), _at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,9 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"akaros-sim {__version__}")
+    debug_help = "on an internal error, show the Python traceback (without it: one line, exit status 1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # the flag is accepted after the verb too; SUPPRESS keeps a flag given before the verb
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     machine = sub.add_parser(
         "machine",
+        parents=[common],
         help="run one program on the bare machine (no 2LS) and print every stop",
         description=(
             "Load PROGRAM (x86-64 assembly or a static ELF), run it from its entry point with a "
@@ -377,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     machine.set_defaults(func=cmd_machine)
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run a scenario, check its expectations and print a summary",
         description=(
             "Load SCENARIO (TOML; format in docs/scenarios.md), run it and check its expectations. "
@@ -394,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser(
         "replay",
+        parents=[common],
         help="re-run the scenario recorded in a trace and check the new trace is identical",
         description=(
             "A trace written by `akaros-sim run --trace` carries its scenario (text and path) and seed in its "
@@ -407,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     diff = sub.add_parser(
         "diff",
+        parents=[common],
         help="compare two traces: the first divergence, then counts by kind",
         description=(
             "Compare traces A and B record by record; print the header keys that differ (scenario, seed, ...), "
@@ -420,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
+        parents=[common],
         help="write a trace as Chrome trace-event JSON for ui.perfetto.dev",
         description=(
             "Convert a JSONL trace to Chrome trace-event JSON: one track per vcore showing which uthread ran "
@@ -434,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser(
         "explain",
+        parents=[common],
         help="tell the story of a run in plain sentences (for teaching)",
         description=(
             "Run SCENARIO (or read a .jsonl trace) and narrate every step: each sched_ops call, each vcore "
@@ -443,9 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("source", help="a scenario (.toml) or a trace (.jsonl)")
     explain.add_argument("--brief", action="store_true", help="leave out the sched_ops call records")
+    explain.add_argument("--around", type=_natural, metavar="INDEX",
+                         help="only record #INDEX and the records before it (a report's 'trace record #INDEX')")
+    explain.add_argument("--context", type=_natural, default=20, metavar="N",
+                         help="with --around, how many records before INDEX (default 20)")  # fmt: skip
     explain.set_defaults(func=cmd_explain)
 
-    lister = sub.add_parser("list", help="list the shipped scenarios with their descriptions",
+    lister = sub.add_parser("list", parents=[common], help="list the shipped scenarios with their descriptions",
                             description="List the scenarios in scenarios/ with their one-line descriptions.")
     lister.set_defaults(func=cmd_list)
     return parser
@@ -466,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug of ours: one line and how to see more, never a bare traceback
+        if args.debug:
+            raise
+        print(f"akaros-sim: internal error in `{args.verb}`: {type(exc).__name__}: {exc} "
+              "(run again with --debug for the Python traceback, and please report it)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -132,13 +132,24 @@ def sentence(rec: TraceRecord) -> str:
     return f"{k}" + (f": {details}" if details else "")
 
 
-def narrate(trace: Trace, brief: bool = False) -> list[str]:
-    """The story of a trace, one line per record (with brief, sched_ops calls are left out)."""
+def narrate(trace: Trace, brief: bool = False, around: int | None = None, context: int = 20) -> list[str]:
+    """The story of a trace, one line per record (with brief, sched_ops calls are left out).
+
+    With `around`, only record #around and the `context` records before it, each line led by its
+    index: the records a report's "(at trace record #N)" points into.
+    """
+    records = trace.records
+    first = 0
+    if around is not None:
+        if not 0 <= around < len(records):
+            raise ValueError(f"--around {around}: the trace has records #0 to #{len(records) - 1}")
+        first, records = max(0, around - context), records[max(0, around - context) : around + 1]
     lines = []
-    for rec in trace.records:
+    for index, rec in enumerate(records, first):
         if brief and rec.kind == "op":
             continue
         where = f"vcore {rec.vc}" if rec.vc >= 0 else "kernel "
         who = f"[{rec.uth}]" if rec.uth else ""
-        lines.append(f"{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}")
+        mark = f"#{index:<7}" if around is not None else ""
+        lines.append(f"{mark}{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}")
     return lines
