@@ -351,9 +351,9 @@ def uthread_create(func_or_entry, *args, name: str | None = None, detached: bool
     else:
         entry = UthreadEntry.python(name or getattr(func_or_entry, "__name__", "uthread"), func_or_entry, *args,
                                     detached=detached)  # fmt: skip
-    uth = proc.call_op("thread_create", entry)
-    if not isinstance(uth, Uthread):
-        raise ParlibError(f"sched_ops.thread_create returned {uth!r} for {entry.name!r}, not a Uthread")
+    uth = proc.create_uthread(entry)
+    if uth is None:  # the process has ended (from kernel context, create_uthread returns)
+        raise ParlibError(f"sched_ops.thread_create returned no Uthread for {entry.name!r}")
     return uth
 
 

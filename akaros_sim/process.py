@@ -196,8 +196,10 @@ class Process:
             else:
                 record((engine.now, -1, subject, "op", details))
         if name in _HANDS_OVER and args and isinstance(args[0], Uthread):
-            args[0].waits_for = None  # the 2LS's to run now (the 2LS contract)
-            args[0].runnable_at = self.engine.time()
+            uth = args[0]
+            # the 2LS's to run from this op's record on (the 2LS contract)
+            uth.waits_for, uth.waiting_since = None, max(0, len(self.trace) - 1)
+            uth.runnable_at = self.engine.time()
         try:
             return op(*args)
         except Exception as exc:
@@ -208,6 +210,16 @@ class Process:
 
     def exit(self, status: int, why: str, report: str | None = None) -> None:
         self.kernel.exit(status, why, report)
+
+    def create_uthread(self, entry) -> Uthread | None:
+        """sched_ops.thread_create, which must return the Uthread it made (None: the process has ended)."""
+        uth = self.call_op("thread_create", entry)
+        if isinstance(uth, Uthread):
+            return uth
+        # nothing could refer to the new thread: the checker or not, the process cannot go on
+        self.contract_violation(f"2LS {self.ops.name!r}: sched_ops.thread_create({entry.name!r}) returned {uth!r}; "
+                                "expected the Uthread it made")  # fmt: skip
+        return None
 
     def contract_violation(self, what: str) -> None:
         """A 2LS broke its contract: the process ends with a report naming the 2LS, the uthread and the record."""
@@ -234,7 +246,8 @@ class Process:
     def _stalled(self, uth: Uthread, now: int) -> None:
         self.contract_violation(
             f"2LS {self.ops.name!r} left uthread {uth.name!r} unrun for {now - uth.runnable_at:,} ns "
-            f"(the stall limit is {self.stall_ns:,} ns; it became the 2LS's to run at t={uth.runnable_at})"
+            f"(the stall limit is {self.stall_ns:,} ns; it became the 2LS's to run at t={uth.runnable_at}, "
+            f"{self._handed_over(uth)})"
         )
 
     def check_nothing_lost(self) -> None:
@@ -246,9 +259,19 @@ class Process:
             if not uth.done and uth.waits_for is None and uth not in held:
                 self.contract_violation(
                     f"2LS {self.ops.name!r} lost uthread {uth.name!r}: it was the 2LS's to run "
-                    f"(since trace record #{uth.waiting_since}) and every vcore yielded"
+                    f"({self._handed_over(uth)}) and every vcore yielded"
                 )
                 return
+
+    def _handed_over(self, uth: Uthread) -> str:
+        """Where uth became the 2LS's to run: the op that handed it over, when the trace shows one."""
+        index = uth.waiting_since
+        row = self.trace.row(index) if index < len(self.trace) else None
+        if row is not None and row[3] == "op":
+            return f"since trace record #{index}, sched_ops.{dict(row[4])['op']}"
+        if row is not None and row[3] == "uthread_create":
+            return f"since trace record #{index}, its creation in sched_ops.thread_create"
+        return f"since trace record #{index}"
 
     def crash(self, exc: Exception) -> None:
         """An exception escaped vcore context or a uthread: the process ends with a report naming it."""
@@ -272,7 +295,8 @@ class Process:
         uth.id = len(self.uthreads)
         if uth.name in self.names:
             uth.name = f"{uth.name}#{uth.id}"
-        uth.runnable_at = self.engine.time()  # the 2LS's to run from its creation
+        uth.runnable_at = self.engine.time()  # the 2LS's to run from its creation (record below)
+        uth.waiting_since = len(self.trace)
         self.names[uth.name] = uth
         self.uthreads.append(uth)
         self.live += 1
@@ -363,9 +387,8 @@ class Process:
         self.trace_event(None, "sched_init", sched=self.ops.name)
         self.call_op("sched_init")
         for entry in self.pending_threads:
-            uth = self.call_op("thread_create", entry)
-            if not isinstance(uth, Uthread):
-                raise ProcessError(f"sched_ops.thread_create returned {uth!r} for {entry.name!r}, not a Uthread")
+            if self.create_uthread(entry) is None:
+                return
         vc0.clock = engine.now
         engine.start_vcore(vc0, Entry.PROCESS_START)
         self.trace_event(vc0, "vcore_online", how="start", amt_wanted=self.kernel.amt_wanted)

@@ -132,6 +132,12 @@ class Trace:
     def __len__(self) -> int:
         return len(self._flat) // 5
 
+    def row(self, index: int) -> tuple:
+        """Record #index as a tuple (t, vc, uth, kind, details), without building a TraceRecord."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"no trace record #{index} (the trace has {len(self)})")
+        return tuple(self._flat[5 * index : 5 * index + 5])
+
     def __iter__(self):
         return iter(self.records)
 

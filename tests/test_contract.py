@@ -189,7 +189,8 @@ def test_a_starved_uthread_is_reported_by_the_stall_watchdog():
     assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert result.report.startswith("2LS contract: 2LS 'fifo' left uthread 'victim' unrun for ")
     match = re.search(r"unrun for ([\d,]+) ns \(the stall limit is 200,000 ns; it became the 2LS's "
-                      r"to run at t=(\d+)\) \(at trace record #\d+\)$", result.report)
+                      r"to run at t=(\d+), since trace record #\d+, its creation in sched_ops.thread_create\) "
+                      r"\(at trace record #\d+\)$", result.report)
     waited, since = int(match[1].replace(",", "")), int(match[2])
     assert since < 1_000 and waited > 200_000 and since + waited == result.time_ns
     assert sim.uthread("victim").insns == 0 and sim.uthread("victim").exit_value is None

@@ -51,3 +51,33 @@ def test_any_guest_ends_its_process_without_a_python_exception(g):
     again, digest2 = run_guest(g)
     assert (again.end, again.exit_status, again.time_ns, digest2) == (result.end, result.exit_status,
                                                                       result.time_ns, digest)  # fmt: skip
+
+
+def test_a_guest_that_unmaps_its_tls_dies_of_a_vcore_context_fault():
+    """munmap of the TLS area, then a yield: writing the vcore id into that TLS faults in vcore context,
+    which kills the process (as in Akaros), with a report naming the uthread and address; nothing raises."""
+    from akaros_sim.asm import assemble
+    from akaros_sim.process import TLS_AREA, TLS_AREA_SIZE
+
+    prog = assemble(f"""
+    _start:
+        mov eax, 19                 # munmap(TLS_AREA, TLS_AREA_SIZE)
+        movabs rdi, {TLS_AREA:#x}
+        mov esi, {TLS_AREA_SIZE:#x}
+        syscall
+        mov eax, 0x1001             # yield: the other vcore or this one runs it again
+        syscall
+        ret
+    """, name="untls")  # fmt: skip
+    sim = Simulation(2, seed=1)
+    sim.load(prog)
+    sim.set_sched(PthreadSched())
+    sim.spawn_guest("a", prog.entry)
+    sim.spawn_guest("b", prog.entry)
+    result = sim.run()
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    # b is the first uthread whose TLS needs a new vcore id after the unmap
+    assert result.report == (
+        f"page fault in vcore context (vcore 0) writing the vcore id into the TLS of uthread 'b' at "
+        f"{TLS_AREA + 0x40:#x}: write: address {TLS_AREA + 0x40:#x} is not mapped"
+    )

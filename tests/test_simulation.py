@@ -131,7 +131,7 @@ def test_a_2ls_that_never_makes_a_thread_runnable_is_caught_losing_it():
     result = sim.run()
     assert (result.end, result.exit_status, result.insns, result.time_ns) == (RunEnd.PROCESS_EXITED, -1, 0, 350)
     assert result.report == ("2LS contract: 2LS 'fifo' lost uthread 'spin': it was the 2LS's to run "
-                             "(since trace record #0) and every vcore yielded (at trace record #8)")
+                             "(since trace record #3, its creation in sched_ops.thread_create) and every vcore yielded (at trace record #8)")
     assert [(r.t, r.kind) for r in sim.trace.records if r.kind != "op"] == [
         (0, "sched_init"), (100, "uthread_create"), (100, "vcore_online"), (250, "vcore_entry"),
         (350, "vcore_offline"), (350, "process_exit"), (350, "run_end"),
