@@ -11,6 +11,10 @@ returns a `FaultStatus`:
 |                         | same vcore, and the 2LS never sees the fault                |
 | FAIL                    | fatal: the process ends with a report naming the handler    |
 
+On any other op (`thread_runnable`, `thread_paused`, ...) handlers observe:
+the previous op always runs after them, so a chain cannot lose a uthread,
+and a handler that answers FAULT_FIXED there is an error naming it.
+
 Chains stack: interposing an op that is already a chain wraps it again, and
 `uninterpose` removes one layer wherever it sits.  A walk uses the handler
 list as it was when the walk began, so (un)registering from inside a handler
@@ -106,6 +110,9 @@ class HandlerChain:
         for handler in tuple(self.handlers):
             status = self._consult(handler, args)
             if status is FaultStatus.FAULT_FIXED:
+                if self.op_name != "thread_refl_fault":
+                    raise HandlerFailed(self, handler, "returned FAULT_FIXED, which only a thread_refl_fault "
+                                        "handler may: skipping the previous op here could lose a uthread")  # fmt: skip
                 return FaultStatus.FAULT_FIXED
             if status is FaultStatus.FAIL:
                 raise HandlerFailed(self, handler, "returned FAIL")

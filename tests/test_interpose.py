@@ -254,3 +254,29 @@ def test_fault_chain_runs_are_deterministic():
         sim.run()
         digests.append(sim.trace.digest())
     assert digests[0] == digests[1]
+
+
+def test_a_chain_on_thread_runnable_observes_and_cannot_skip_the_2ls():
+    """On thread_runnable every handler sees the call and pthread still queues the uthread; FAULT_FIXED there
+    is refused with a report naming the handler (it would have lost the uthread)."""
+    from akaros_sim import parlib
+
+    seen = []
+
+    def watch(uth):
+        seen.append(uth.name)
+        return FaultStatus.CONTINUE_NEXT_HANDLER
+
+    def swallow(uth):
+        return FaultStatus.FAULT_FIXED
+
+    for handler, ends in ((watch, RunEnd.ALL_EXITED), (swallow, RunEnd.PROCESS_EXITED)):
+        sim = Simulation(1)
+        sched = PthreadSched()
+        interpose(sched, "thread_runnable").register(handler)
+        sim.set_sched(sched)
+        sim.spawn_python("y", parlib.uthread_sched_yield)
+        result = sim.run()
+        assert result.end is ends
+    assert seen == ["y", "y"]  # pthread makes a new uthread runnable, then the yield does
+    assert "handler 'swallow' on thread_runnable: returned FAULT_FIXED, which only a thread_refl_fault" in result.report
