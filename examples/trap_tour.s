@@ -2,8 +2,8 @@
 # Each stop is printed with the instruction that caused it.
 # Run: akaros-sim machine --skip-faults examples/trap_tour.s
 _start:
-    # write(1, msg, len): a syscall, serviced by the minimal kernel
-    mov eax, 1
+    # write(1, msg, len): a syscall (Akaros's numbers, as the runtime's), serviced by the minimal kernel
+    mov eax, 101
     mov edi, 1
     lea rsi, [rip + msg]
     mov edx, msg_end - msg
@@ -34,8 +34,8 @@ spin:
     # a privileged instruction in user mode: #GP
     hlt
 
-    # exit(0)
-    mov eax, 60
+    # exit(0): proc_destroy
+    mov eax, 12
     xor edi, edi
     syscall
 

@@ -104,8 +104,8 @@ def test_machine_stops_an_endless_loop_at_its_instruction_budget(tmp_path, capsy
 def test_machine_write_from_a_null_buffer_is_efault_not_a_traceback(tmp_path, capsys):
     """write(1, NULL, 5) under `machine` returns -EFAULT to the guest, which then exits 0."""
     prog = tmp_path / "null.s"
-    prog.write_text(" mov eax, 1\n mov edi, 1\n xor esi, esi\n mov edx, 5\n syscall\n"
-                    " mov eax, 60\n xor edi, edi\n syscall\n", encoding="utf-8")  # fmt: skip
+    prog.write_text(" mov eax, 101\n mov edi, 1\n xor esi, esi\n mov edx, 5\n syscall\n"
+                    " mov eax, 12\n xor edi, edi\n syscall\n", encoding="utf-8")  # fmt: skip
     assert main(["machine", str(prog)]) == 0
     out = capsys.readouterr().out
     assert "syscall write(1, 0x0, 5): -EFAULT (read: address 0x0 is not mapped)" in out
@@ -178,3 +178,43 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch
             assert str(exc) == "a bug of ours"
         else:
             raise AssertionError(f"{argv}: --debug did not let the exception through")
+
+
+class _Terminal:
+    """A stream that says it is a terminal and keeps what is written (thread-safe enough for str +=)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_the_run_on_a_terminal_and_leaves_the_trace_alone():
+    """While a run goes, the progress line shows its virtual time, records and live uthreads, then is
+    cleared; the trace is byte-identical to a run without it."""
+    import time
+
+    from akaros_sim.tools.cli import Progress
+    from akaros_sim.tools.scenario import build, load_scenario
+
+    scenario = load_scenario(ROOT / "scenarios" / "handler_chain.toml")
+    plain = build(scenario)
+    plain.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
+    sim = build(scenario)
+    term = _Terminal()
+    progress = Progress(term, interval=0.001)
+    with progress.watching(sim):
+        deadline = time.monotonic() + 30
+        while "records" not in term.text and time.monotonic() < deadline:
+            time.sleep(0.001)  # the line appears before the run starts: t=0, 0 records
+        sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
+    assert term.text.startswith("\rakaros-sim: t=0 ns virtual, 0 records, 0 uthread(s) alive")
+    assert term.text.endswith("\r\x1b[K")
+    assert sim.trace.to_jsonl() == plain.trace.to_jsonl()

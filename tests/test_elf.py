@@ -97,10 +97,10 @@ def test_hello_segments():
     program = load_elf(HELLO)
     got = [(s.addr, s.prot, s.name, len(s.data), s.memsz) for s in program.segments]
     assert got == [
-        (0x400000, RX, ".text .rodata __ex_table", 0x164, 0x164),
-        (0x401000, RW, ".data .bss", 0x170, 0x200),  # p_vaddr 0x401168, p_offset 0x168
+        (0x400000, RX, ".text .rodata __ex_table", 0x16C, 0x16C),
+        (0x401000, RW, ".data .bss", 0x178, 0x200),  # p_vaddr 0x401170, p_offset 0x170
     ]
-    assert program.segments[1].data == HELLO.read_bytes()[:0x170]
+    assert program.segments[1].data == HELLO.read_bytes()[:0x178]
 
 
 def test_bss_lies_past_the_file_data():
@@ -143,15 +143,15 @@ def test_extable_symbols():
 def test_hello_symbols():
     """A C program's functions, globals and inline-asm labels are all in the symbol table."""
     assert dict(load_elf(HELLO).symbols) == {
-        "__bss_start": 0x401170,
-        "_edata": 0x401170,
+        "__bss_start": 0x401178,
+        "_edata": 0x401178,
         "_end": 0x401200,
         "_start": 0x400100,
-        "calls": 0x401168,
-        "greeting": 0x400148,
+        "calls": 0x401170,
+        "greeting": 0x400150,
         "probe": 0x4000F0,
         "probe_done": 0x4000F3,
-        "probe_fixup": 0x40013B,
+        "probe_fixup": 0x400143,
         "probe_insn": 0x4000F0,
         "results": 0x401180,
     }
@@ -274,7 +274,7 @@ def test_segments_sharing_a_page(tmp_path):
     struct.pack_into("<Q", image, phoff + PHDR_SIZE + P_VADDR, 0x400168)
     path.write_bytes(image)
     _load_error(
-        path, "segments '.text .rodata __ex_table' [0x400000, 0x400164) and 'LOAD1' [0x400000, 0x400200) overlap"
+        path, "segments '.text .rodata __ex_table' [0x400000, 0x40016c) and 'LOAD1' [0x400000, 0x4001f8) overlap"
     )
 
 

@@ -13,8 +13,10 @@ that cannot be loaded: one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from akaros_sim import __version__
 from akaros_sim.context import PfErr, TrapNr, UserContext
 from akaros_sim.cpu import BudgetSpent, Cpu, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn, insn_length
+from akaros_sim.kernel import SYS_exit as SYS_EXIT
+from akaros_sim.kernel import SYS_write as SYS_WRITE
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, MemError, Prot
 
 # Where `machine` puts the stack and the lazily backed heap.
@@ -30,7 +34,6 @@ STACK_SIZE = 64 * 1024
 HEAP = 0x1000_0000
 HEAP_SIZE = 1 << 20
 ENOSYS, EFAULT = 38, 14
-SYS_WRITE, SYS_EXIT = 1, 60
 
 
 def load_program(path: Path):
@@ -138,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             scenario = attrs.evolve(scenario, seed=args.seed)
         if args.trace is not None:
             open(args.trace, "w").close()  # a path we cannot write fails now, not after the run
-        run = run_scenario(scenario, trace_path=args.trace)
+        watch = Progress(sys.stderr).watching if sys.stderr.isatty() else None
+        run = run_scenario(scenario, trace_path=args.trace, watch=watch)
     except ScenarioError as exc:
         print(f"akaros-sim: {exc}", file=sys.stderr)
         return 2
@@ -158,6 +162,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     print(format_summary(run, quiet=args.quiet))
     return 0 if run.ok else 1
+
+
+class Progress:
+    """One self-overwriting stderr line for a long run: virtual time, trace records, uthreads alive.
+
+    A host thread reads the simulation's counters every `interval` seconds while
+    the run goes on; it writes nothing the run sees, so traces stay identical.
+    """
+
+    def __init__(self, stream, interval: float = 0.5) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.shown = False
+
+    def line(self, sim) -> str:
+        return (f"akaros-sim: t={sim.engine.now:,} ns virtual, {len(sim.trace):,} records, "
+                f"{sim.proc.live} uthread(s) alive")  # fmt: skip
+
+    @contextlib.contextmanager
+    def watching(self, sim):
+        done = threading.Event()
+
+        def show() -> None:
+            while not done.wait(self.interval):
+                self.stream.write("\r" + self.line(sim) + "\033[K")
+                self.stream.flush()
+                self.shown = True
+
+        painter = threading.Thread(target=show, name="akaros-sim progress", daemon=True)
+        painter.start()
+        try:
+            yield
+        finally:
+            done.set()
+            painter.join()
+            if self.shown:  # leave the terminal as it was: the summary follows on stdout
+                self.stream.write("\r\033[K")
+                self.stream.flush()
 
 
 def format_summary(run, quiet: bool = False) -> str:
@@ -380,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Load PROGRAM (x86-64 assembly or a static ELF), run it from its entry point with a "
             f"64 KiB stack and a lazily backed 1 MiB heap at {HEAP:#x}, and print every way it "
-            "stops: syscalls (write and exit are served), page faults on the heap (populated and "
+            "stops: syscalls (write, 101, and exit, 12: the runtime's Akaros numbers, are served), page faults on the heap (populated and "
             "retried), breakpoints (continued) and any other trap (reported with registers; the run ends, "
             "or with --skip-faults the instruction is skipped). Exit status: 0 after exit(0), 1 on an "
             "unhandled trap, 2 if PROGRAM cannot be loaded."

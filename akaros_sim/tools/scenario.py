@@ -76,6 +76,7 @@ in a main thread that passes them to the threads it creates).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -822,13 +823,15 @@ def _thaw(value):
     return value
 
 
-def run_scenario(scenario_or_path, trace_path=None) -> ScenarioRun:
+def run_scenario(scenario_or_path, trace_path=None, watch=None) -> ScenarioRun:
     """Load (if given a path), build and run a scenario, then check its expectations.
 
     Args:
         scenario_or_path: a Scenario, or the path of a scenario file.
         trace_path: if given, the JSONL trace is written there, whatever the outcome
             (also when the run raises).
+        watch: if given, a callable that gets the built Simulation and returns a context
+            manager held for the run (the CLI's progress line).
 
     Returns:
         A ScenarioRun; `.ok` tells whether every expectation held.
@@ -839,7 +842,8 @@ def run_scenario(scenario_or_path, trace_path=None) -> ScenarioRun:
     scenario = scenario_or_path if isinstance(scenario_or_path, Scenario) else load_scenario(scenario_or_path)
     sim = build(scenario)
     try:
-        result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
+        with watch(sim) if watch is not None else contextlib.nullcontext():
+            result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
     finally:
         if trace_path is not None:
             sim.trace.write(trace_path)

@@ -1,7 +1,7 @@
 /*
  * hello.c: a freestanding C fixture for akaros_sim.elf.
  *
- * No libc: _start writes a message with the Linux write syscall and exits.
+ * No libc: _start writes a message with the runtime's write syscall (Akaros's numbers) and exits.
  * probe() is a get_user()-style load whose fault is fixed up through an
  * __ex_table entry emitted from inline asm, as Linux's _ASM_EXTABLE does.
  */
@@ -55,8 +55,8 @@ static long sys3(long nr, long a, long b, long c)
 void _start(void)
 {
 	results[0] = probe(&calls);
-	sys3(1, 1, (long)greeting, sizeof(greeting) - 1);	/* write */
-	sys3(60, 0, 0, 0);					/* exit */
+	sys3(101, 1, (long)greeting, sizeof(greeting) - 1);	/* write */
+	sys3(12, 0, 0, 0);					/* exit (proc_destroy) */
 	for (;;)
 		asm volatile("hlt");
 }
