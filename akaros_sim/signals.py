@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 from akaros_sim.context import REG_NAMES
+from akaros_sim.memory import MemError
 from akaros_sim.uthread import Uthread, uthread_yield
 
 RED_ZONE = 128
@@ -69,9 +70,14 @@ class Signals:
         frame = struct.pack(f"<{len(regs)}Q", *regs.values()) + struct.pack("<3Q", ctx.trap_nr, ctx.err, ctx.aux)
         info = struct.pack("<3Q", signo, code, addr)
         base = (ctx.rsp - RED_ZONE - len(frame) - len(info)) & ~0xF
-        proc.mem.write(base, frame + info)
         sp = (base - 8) & ~0xF
-        proc.mem.write_u64(sp - 8, self._trampoline)  # the handler's return address
+        try:
+            proc.mem.write(base, frame + info)
+            proc.mem.write_u64(sp - 8, self._trampoline)  # the handler's return address
+        except MemError as exc:  # vcore context faults on the uthread's stack: the process dies (as in Akaros)
+            name = SIGNAL_NAMES.get(signo, f"signal {signo}")
+            proc.exit(-1, "exit", proc.fault_report(
+                uth, f"{name}: page fault in vcore context pushing the signal frame below rsp={ctx.rsp:#x} ({exc})"))
         uth.sigdata = base
         proc.trace_event(uth.vcore, "signal", uth=uth, signo=signo, code=code, addr=addr, handler=handler, frame=base)
         ctx.rip, ctx.rsp = handler, sp - 8
@@ -84,7 +90,11 @@ class Signals:
         base = uth.sigdata
         if not base:
             return
-        values = struct.unpack(f"<{len(REG_NAMES)}Q", proc.mem.read(base, 8 * len(REG_NAMES)))
+        try:
+            values = struct.unpack(f"<{len(REG_NAMES)}Q", proc.mem.read(base, 8 * len(REG_NAMES)))
+        except MemError as exc:  # the handler unmapped its own signal frame
+            proc.exit(-1, "exit", proc.fault_report(
+                uth, f"sigreturn: page fault in vcore context reading the signal frame at {base:#x} ({exc})"))
         uth.sigdata = 0
         proc.cpu.forget(uth.ctx)
         for name, value in zip(REG_NAMES, values, strict=True):

@@ -8,6 +8,7 @@ instruction budget, and kernel loops are bounded by what is mapped).
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,3 +82,35 @@ def test_a_guest_that_unmaps_its_tls_dies_of_a_vcore_context_fault():
         f"page fault in vcore context (vcore 0) writing the vcore id into the TLS of uthread 'b' at "
         f"{TLS_AREA + 0x40:#x}: write: address {TLS_AREA + 0x40:#x} is not mapped"
     )
+
+
+@pytest.mark.parametrize("rsp", ["xor esp, esp", "movabs rsp, 0xdead000000000000", "mov rsp, -1"])
+def test_a_signal_frame_that_cannot_be_pushed_kills_the_process_with_a_report(rsp):
+    """A SIGSEGV handler with rsp at 0 or unmapped: the frame push faults in vcore context and the process
+    dies with a report naming the signal, the stack pointer and the faulting instruction (no MemError)."""
+    from akaros_sim.asm import assemble
+
+    prog = assemble(f"""
+    _start:
+        mov eax, 0x1002             # sigaction(SIGSEGV, handler)
+        mov edi, 11
+        lea rsi, [rip + handler]
+        syscall
+        {rsp}
+        xor ebx, ebx
+        mov rax, [rbx]              # #PF at 0: SIGSEGV, whose frame goes below rsp
+        ret
+    handler:
+        ret
+    """, name="badstack")  # fmt: skip
+    sim = Simulation(1)
+    sim.load(prog)
+    sim.set_sched(PthreadSched())
+    sim.spawn_guest("g", prog.entry)
+    result = sim.run()
+    assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
+    first, where = result.report.splitlines()[:2]
+    assert first.startswith("SIGSEGV: page fault in vcore context pushing the signal frame below rsp=0x"), first
+    assert first.endswith("uthread 'g' trap 14 (#PF) err 0x4 aux 0x0")
+    assert where.endswith("mov rax, qword ptr [rbx]")
+    assert sim.trace.of_kind("signal") == []
