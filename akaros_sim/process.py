@@ -278,7 +278,8 @@ class Process:
         notes = list(getattr(exc, "__notes__", ()))
         where = f" {notes[0]}" if notes else ""
         frames = "".join(traceback.format_exception(exc)[-4:-1]) if not notes else ""
-        report = f"{type(exc).__name__}{where}: {exc}\n{frames}".rstrip("\n")
+        at = f" (at trace record #{len(self.trace)})" if self.tracing else ""
+        report = f"{type(exc).__name__}{where}: {exc}{at}\n{frames}".rstrip("\n")
         self.kernel.exit(-1, f"{type(exc).__name__}{where}", report)
 
     def syscall(self, uth: Uthread, nr: int, args) -> int:

@@ -364,7 +364,9 @@ def test_an_op_removed_at_run_time_is_a_named_error():
     sim.spawn_python("a", a)
     result = sim.run()
     assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
-    assert result.report.splitlines()[0] == "ProcessError: sched_ops 'pthread': op thread_has_blocked is missing"
+    assert result.report.splitlines()[0] == (
+        "ProcessError: sched_ops 'pthread': op thread_has_blocked is missing (at trace record #9)"
+    )
 
 
 def test_without_thread_bulk_runnable_broadcast_wakes_each_waiter_through_thread_runnable():
@@ -463,7 +465,7 @@ def test_thread0_refuses_a_second_thread_at_setup():
     res = sim.run()
     assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert res.report == ("Thread0Error in sched_ops.thread_create of 2LS 'thread0': "
-                          "thread0 2LS asked to create more threads ('two' after 'one')")
+                          "thread0 2LS asked to create more threads ('two' after 'one') (at trace record #5)")
 
 
 def test_thread0_refuses_a_second_thread_at_run_time():
@@ -474,7 +476,7 @@ def test_thread0_refuses_a_second_thread_at_run_time():
     assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert res.report.splitlines()[0] == (
         "Thread0Error in sched_ops.thread_create of 2LS 'thread0': "
-        "thread0 2LS asked to create more threads ('extra' after 'main')"
+        "thread0 2LS asked to create more threads ('extra' after 'main') (at trace record #9)"
     )
 
 

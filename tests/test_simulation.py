@@ -326,7 +326,7 @@ def test_a_2ls_that_raises_in_sched_init_ends_the_process_with_a_report():
     sim.spawn_python("a", lambda: 1)
     result = sim.run()
     assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
-    assert result.report == "IndexError in sched_ops.sched_init of 2LS 'pthread': no queues"
+    assert result.report == "IndexError in sched_ops.sched_init of 2LS 'pthread': no queues (at trace record #2)"
     assert [r.kind for r in sim.trace][-2:] == ["process_exit", "run_end"]
 
 
