@@ -72,9 +72,10 @@ class Process:
         self.trace = trace
         self.checking = check  # the 2LS contract checker (cheap; off only for speed runs)
         self.stall_ns = stall_ns  # the watchdog's limit on how long a runnable uthread may wait
-        self._runs_to_scan = STALL_SCAN_RUNS
+        self.runs_to_scan = STALL_SCAN_RUNS  # counted down by each run (uthread._pop)
         self.tracing = trace.enabled  # False: no record is built at all (hot paths check this first)
         self.record = trace.appender()  # hot paths append a row tuple themselves (None: tracing off)
+        self._rows = self.record.__self__ if self.record is not None else []  # its list: len // 5 records
         self._op_ns = costs.sched_op_ns
         self._op_details: dict[str, dict[str, tuple]] = {}  # op -> uthread name -> its records' details
         self.entry_details: dict[tuple, tuple] = {}  # (why, current uthread) -> a vcore_entry's details
@@ -198,8 +199,10 @@ class Process:
         if name in _HANDS_OVER and args and isinstance(args[0], Uthread):
             uth = args[0]
             # the 2LS's to run from this op's record on (the 2LS contract)
-            uth.waits_for, uth.waiting_since = None, max(0, len(self.trace) - 1)
-            uth.runnable_at = self.engine.time()
+            rows = len(self._rows)
+            uth.waits_for, uth.waiting_since = None, rows // 5 - 1 if rows else 0
+            cur = engine.current
+            uth.runnable_at = cur.clock if cur is not None else engine.now
         try:
             return op(*args)
         except Exception as exc:
@@ -234,9 +237,8 @@ class Process:
         now, limit = self.engine.time(), self.stall_ns
         if now - uth.runnable_at > limit:
             self._stalled(uth, now)
-        self._runs_to_scan -= 1
-        if self._runs_to_scan <= 0:
-            self._runs_to_scan = STALL_SCAN_RUNS
+        if self.runs_to_scan <= 0:
+            self.runs_to_scan = STALL_SCAN_RUNS
             held = {vc.current_uthread for vc in self.engine.vcores}
             for other in self.uthreads:
                 if (not other.done and other.waits_for is None and other not in held

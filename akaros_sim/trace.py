@@ -121,7 +121,8 @@ class Trace:
 
     def appender(self):
         """A callable taking one record as a tuple (t, vc, uth, kind, details), for the runtime's
-        hot paths, or None when this trace keeps nothing."""
+        hot paths, or None when this trace keeps nothing.  It is the `extend` of the list of
+        fields, so its `__self__` is that list (five fields a record) for hot paths that count."""
         return self._flat.extend if self.enabled else None
 
     def add(self, t: int, vc: int, uth: str, kind: str, details: tuple) -> None:

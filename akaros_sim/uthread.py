@@ -238,7 +238,8 @@ def waits(proc, uth: Uthread, what: str | None) -> None:
     uth.waits_for = what
     uth.waiting_since = len(proc.trace)
     if what is None:
-        uth.runnable_at = proc.engine.time()
+        cur = proc.engine.current
+        uth.runnable_at = cur.clock if cur is not None else proc.engine.now
 
 
 # -- vcore context: starting and resuming uthreads -------------------------------------------------
@@ -308,7 +309,9 @@ def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
                 f"(since trace record #{uth.waiting_since})"
             )
         if not resume:
-            proc.watch_stalls(uth)
+            proc.runs_to_scan -= 1
+            if vc.clock - uth.runnable_at > proc.stall_ns or proc.runs_to_scan <= 0:
+                proc.watch_stalls(uth)
     engine.advance(proc.costs.context_switch_ns)
     if not resume:
         uth._state = _RUNNING  # NOT_RUNNING -> RUNNING: checked by the callers
