@@ -235,8 +235,7 @@ _DECIDING = "the decision of its yield callback (uthread_runnable, or a block it
 
 def waits(proc, uth: Uthread, what: str | None) -> None:
     """The 2LS contract's view of uth: it waits for `what` (None: it is the 2LS's to run, or running)."""
-    uth.waits_for = what
-    uth.waiting_since = len(proc.trace)
+    uth.waits_for, uth.waiting_since = what, len(proc.trace)
     if what is None:
         cur = proc.engine.current
         uth.runnable_at = cur.clock if cur is not None else proc.engine.now
