@@ -10,7 +10,8 @@ tests/test_hostile_guests.py builds its examples:
 * 8 to 64 random bytes of code, most often after a `mov eax, NR; syscall`
   stub whose NR is one of Akaros's or parlib's syscall numbers, sometimes a
   random 32-bit one;
-* 1 to 3 vcores, the pthread or the roundrobin 2LS;
+* 1 to 3 vcores, the pthread or the roundrobin 2LS (vcore ticks every 0, 500,
+  3,000 or 20,000 ns);
 * 1 to 3 guest uthreads at the code, each with up to 6 register arguments
   (rdi, rsi, rdx, rcx, r8, r9): random 64-bit values, or values that reach
   interesting paths (0, -1, the top bit, 0xDEAD in the top 16 bits,
@@ -87,7 +88,7 @@ def build(seed: int) -> Simulation:
     code = stub + rng.randbytes(rng.randint(8, 64))
     sim = Simulation(vcores=rng.randint(1, 3), seed=seed)
     sim.load(Program("fuzz", (Segment(CODE, code, Prot.READ | Prot.EXEC, "text", 0x1000),), entry=CODE))
-    sim.set_sched(PthreadSched() if rng.random() < 0.5 else RoundRobinSched())
+    sim.set_sched(PthreadSched() if rng.random() < 0.5 else RoundRobinSched(tick_ns=rng.choice((0, 500, 3_000, 20_000))))
     for i in range(rng.randint(1, 3)):
         args = [
             rng.getrandbits(64) if rng.random() < 0.6 else rng.choice(INTERESTING) for _ in range(rng.randint(0, 6))

@@ -26,6 +26,7 @@ guests = st.fixed_dictionaries({
     "vcores": st.integers(1, 3),
     "threads": st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=6), min_size=1, max_size=3),
     "sched": st.sampled_from(["pthread", "roundrobin"]),
+    "tick_ns": st.sampled_from([0, 500, 3_000, 20_000]),  # roundrobin's vcore ticks (0: none)
 })  # fmt: skip
 
 
@@ -34,7 +35,7 @@ def run_guest(g) -> tuple:
     prog = Program("hostile", (Segment(CODE, stub + g["code"], Prot.READ | Prot.EXEC, "text", 0x1000),), entry=CODE)
     sim = Simulation(vcores=g["vcores"], seed=1)
     sim.load(prog)
-    sim.set_sched(PthreadSched() if g["sched"] == "pthread" else RoundRobinSched())
+    sim.set_sched(PthreadSched() if g["sched"] == "pthread" else RoundRobinSched(tick_ns=g["tick_ns"]))
     for i, args in enumerate(g["threads"]):
         sim.spawn_guest(f"g{i}", CODE, *args)
     result = sim.run(until_ns=2_000_000, max_insns=100_000)
