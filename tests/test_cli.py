@@ -218,3 +218,46 @@ def test_progress_shows_the_run_on_a_terminal_and_leaves_the_trace_alone():
     assert term.text.startswith("\rakaros-sim: t=0 ns virtual, 0 records, 0 uthread(s) alive")
     assert term.text.endswith("\r\x1b[K")
     assert sim.trace.to_jsonl() == plain.trace.to_jsonl()
+
+
+def _explained(capsys, *argv) -> list[str]:
+    assert main(["explain", "scenarios/mmap_stress.toml", *argv]) == 0
+    return capsys.readouterr().out.splitlines()[1:]  # without the title
+
+
+def _numbered(lines: list[str]) -> list[tuple[int, int, str]]:
+    """(index, time, the rest) of each narrated line that leads with its record index."""
+    out = []
+    for line in lines:
+        index, t, _ns, rest = line.split(maxsplit=3)
+        out.append((int(index[1:]), int(t.replace(",", "")), rest))
+    return out
+
+
+def test_explain_filters_narrow_the_story_to_a_thread_kinds_a_window_and_a_limit(capsys, monkeypatch):
+    """--thread, --kind, --vcore, --from/--to and --limit keep only matching records, each numbered by its index."""
+    monkeypatch.chdir(ROOT)
+    faults = _numbered(_explained(capsys, "--thread", "r2", "--kind", "fault"))
+    assert faults and all(rest.startswith("vcore ") and "[r2]         r2 faults: #PF" in rest for _, _, rest in faults)
+    assert [i for i, _, _ in faults] == sorted(i for i, _, _ in faults)
+    window = _numbered(_explained(capsys, "--vcore", "1", "--from", "50000", "--to", "60000"))
+    assert window and all(50_000 <= t <= 60_000 and rest.startswith("vcore 1 ") for _, t, rest in window)
+    assert len(_explained(capsys, "--thread", "r2", "--thread", "r3", "--limit", "7")) == 7
+    two = _numbered(_explained(capsys, "--thread", "r2", "--thread", "r3", "--kind", "run"))
+    assert {rest.split()[2] for _, _, rest in two} == {"[r2]", "[r3]"}
+    assert main(["explain", "scenarios/mmap_stress.toml", "--thread", "nobody"]) == 2
+    assert capsys.readouterr().err == (
+        "akaros-sim: scenarios/mmap_stress.toml: --thread 'nobody': no record names that uthread\n"
+    )
+
+
+def test_explain_by_time_merges_the_vcores_in_time_order(capsys, monkeypatch):
+    """--by-time says which order it shows; its times never go back, and it holds every record exactly once."""
+    monkeypatch.chdir(ROOT)
+    assert main(["explain", "scenarios/mmap_stress.toml", "--by-time"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "(records in virtual-time order, vcores merged; #N is the emission order)"
+    lines = _numbered(out[2:])
+    times = [t for _, t, _ in lines]
+    assert times == sorted(times)
+    assert sorted(i for i, _, _ in lines) == list(range(len(lines)))

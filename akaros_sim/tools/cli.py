@@ -333,7 +333,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Run a scenario (or read a trace) and narrate it, one sentence per record."""
-    from akaros_sim.tools.explain import narrate
+    from akaros_sim.tools.explain import Selection, narrate
     from akaros_sim.tools.scenario import ScenarioError, run_scenario
 
     if args.source.endswith(".jsonl"):
@@ -346,11 +346,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         trace = run.sim.trace
         title = f"{args.source}: {run.scenario.description}"
+    select = Selection(threads=tuple(args.thread or ()), vcore=args.vcore, t_from=args.t_from, t_to=args.t_to,
+                       kinds=tuple(args.kind or ()), around=args.around, context=args.context, limit=args.limit,
+                       by_time=args.by_time)  # fmt: skip
+    unknown = sorted(set(select.threads) - {rec.uth for rec in trace.records})
+    if unknown:
+        return _fail(f"{args.source}: --thread {unknown[0]!r}: no record names that uthread")
     try:
-        lines = narrate(trace, brief=args.brief, around=args.around, context=args.context)
+        lines = narrate(trace, brief=args.brief, select=select)
     except ValueError as exc:
         return _fail(f"{args.source}: {exc}")
     print(title)
+    if select.by_time:
+        print("(records in virtual-time order, vcores merged; #N is the emission order)")
     for line in lines:
         print(line)
     return 0
@@ -513,6 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only record #INDEX and the records before it (a report's 'trace record #INDEX')")
     explain.add_argument("--context", type=_natural, default=20, metavar="N",
                          help="with --around, how many records before INDEX (default 20)")  # fmt: skip
+    explain.add_argument("--thread", action="append", metavar="NAME",
+                         help="only records about this uthread (repeatable)")  # fmt: skip
+    explain.add_argument("--vcore", type=_natural, metavar="N", help="only records on vcore N")
+    explain.add_argument("--from", dest="t_from", type=_natural, metavar="T", help="only records at T ns or later")
+    explain.add_argument("--to", dest="t_to", type=_natural, metavar="T", help="only records at T ns or earlier")
+    explain.add_argument("--kind", action="append", metavar="KIND",
+                         help="only records of this kind (repeatable: fault, handler, op, run, syscall, ...)")  # fmt: skip
+    explain.add_argument("--limit", type=_positive, metavar="N", help="print at most N records")
+    explain.add_argument("--by-time", action="store_true",
+                         help="merge the vcores' records in virtual-time order (default: the order they were made)")  # fmt: skip
     explain.set_defaults(func=cmd_explain)
 
     lister = sub.add_parser("list", parents=[common], help="list the shipped scenarios with their descriptions",

@@ -8,6 +8,8 @@ the handler, its status and the registers it changed (before -> after).
 
 from __future__ import annotations
 
+import attrs
+
 from akaros_sim.context import TrapNr
 from akaros_sim.kernel import EV_ALARM, EV_PREEMPT_PENDING, EV_SYSCALL, EV_USER_IPI, EV_VCORE_PREEMPT
 from akaros_sim.trace import Trace, TraceRecord
@@ -132,24 +134,62 @@ def sentence(rec: TraceRecord) -> str:
     return f"{k}" + (f": {details}" if details else "")
 
 
-def narrate(trace: Trace, brief: bool = False, around: int | None = None, context: int = 20) -> list[str]:
+@attrs.frozen
+class Selection:
+    """Which records to narrate: each field left at its default selects everything."""
+
+    threads: tuple[str, ...] = ()  # records about these uthreads
+    vcore: int | None = None  # records on this vcore
+    t_from: int | None = None  # records at or after this virtual time (ns)
+    t_to: int | None = None  # records at or before this virtual time (ns)
+    kinds: tuple[str, ...] = ()  # records of these kinds
+    around: int | None = None  # record #around and the `context` records before it
+    context: int = 20
+    limit: int | None = None  # at most this many lines
+    by_time: bool = False  # merge the vcores' records in virtual-time order (default: emission order)
+
+    @property
+    def narrowed(self) -> bool:
+        return self != Selection(context=self.context, by_time=self.by_time)
+
+    def keeps(self, rec: TraceRecord) -> bool:
+        return ((not self.threads or rec.uth in self.threads)
+                and (self.vcore is None or rec.vc == self.vcore)
+                and (self.t_from is None or rec.t >= self.t_from)
+                and (self.t_to is None or rec.t <= self.t_to)
+                and (not self.kinds or rec.kind in self.kinds))  # fmt: skip
+
+
+def narrate(trace: Trace, brief: bool = False, around: int | None = None, context: int = 20,
+            select: Selection | None = None) -> list[str]:  # fmt: skip
     """The story of a trace, one line per record (with brief, sched_ops calls are left out).
 
-    With `around`, only record #around and the `context` records before it, each line led by its
-    index: the records a report's "(at trace record #N)" points into.
+    `select` narrows it (a thread, a vcore, a time window, kinds, a limit) or orders it by
+    virtual time; with `around`, only record #around and the `context` records before it: the
+    records a report's "(at trace record #N)" points into.  A narrowed story leads each line
+    with the record's index.
     """
+    select = select or Selection()
+    if around is not None:
+        select = attrs.evolve(select, around=around, context=context)
     records = trace.records
     first = 0
-    if around is not None:
+    if select.around is not None:
+        around, context = select.around, select.context
         if not 0 <= around < len(records):
             raise ValueError(f"--around {around}: the trace has records #0 to #{len(records) - 1}")
         first, records = max(0, around - context), records[max(0, around - context) : around + 1]
+    chosen = [(i, rec) for i, rec in enumerate(records, first)
+              if not (brief and rec.kind == "op") and select.keeps(rec)]  # fmt: skip
+    if select.by_time:
+        chosen.sort(key=lambda pair: (pair[1].t, pair[0]))  # stable: same-time records keep their order
+    if select.limit is not None:
+        chosen = chosen[: select.limit]
+    numbered = select.narrowed or select.by_time
     lines = []
-    for index, rec in enumerate(records, first):
-        if brief and rec.kind == "op":
-            continue
+    for index, rec in chosen:
         where = f"vcore {rec.vc}" if rec.vc >= 0 else "kernel "
         who = f"[{rec.uth}]" if rec.uth else ""
-        mark = f"#{index:<7}" if around is not None else ""
+        mark = f"#{index:<7}" if numbered else ""
         lines.append(f"{mark}{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}")
     return lines
