@@ -261,3 +261,27 @@ def test_explain_by_time_merges_the_vcores_in_time_order(capsys, monkeypatch):
     times = [t for _, t, _ in lines]
     assert times == sorted(times)
     assert sorted(i for i, _, _ in lines) == list(range(len(lines)))
+
+
+def test_explain_faults_tells_each_kind_of_fault_story_once_and_counts_the_rest(capsys, monkeypatch):
+    """--faults on mmap_stress: r2's hundreds of faults fit in a few stories (fault, refl_fault, chain, fixup,
+    resume), each followed by how many more were told the same way; every fault is accounted for."""
+    monkeypatch.chdir(ROOT)
+    lines = _explained(capsys, "--thread", "r2", "--faults")
+    assert len(lines) < 200
+    stories = [line for line in lines if " r2 faults: #PF" in line]
+    repeats = [int(line.split("same way ")[1].split(" more")[0].replace(",", "")) for line in lines
+               if "told the same way" in line]  # fmt: skip
+    assert main(["explain", "scenarios/mmap_stress.toml", "--thread", "r2", "--kind", "fault"]) == 0
+    all_faults = len(capsys.readouterr().out.splitlines()) - 1
+    assert len(stories) + sum(repeats) == all_faults > 100
+    first = [line.split(maxsplit=6)[6] for line in lines[:6]]
+    assert first[0].startswith("r2 faults: #PF (trap 14) err=0x4")
+    assert first[1:] == [
+        "sched_ops.thread_refl_fault(r2, UserContext) is called",
+        "the exception table has the faulting instruction 0x70000008: uaccess fixup, continue at 0x7000003c",
+        "handler 'extable' on thread_refl_fault fixed it (FAULT_FIXED): the uthread resumes at once and the 2LS "
+        "never sees the fault; it changed rax 0x1 -> 0xfffffffffffffff2; rip 0x70000008 -> 0x7000003c",
+        "the fault is fixed; r2 will resume at 0x7000003c",
+        "r2 resumes at once after its fault was fixed",
+    ]

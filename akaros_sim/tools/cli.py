@@ -348,7 +348,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         title = f"{args.source}: {run.scenario.description}"
     select = Selection(threads=tuple(args.thread or ()), vcore=args.vcore, t_from=args.t_from, t_to=args.t_to,
                        kinds=tuple(args.kind or ()), around=args.around, context=args.context, limit=args.limit,
-                       by_time=args.by_time)  # fmt: skip
+                       by_time=args.by_time, faults=args.faults)  # fmt: skip
     unknown = sorted(set(select.threads) - {rec.uth for rec in trace.records})
     if unknown:
         return _fail(f"{args.source}: --thread {unknown[0]!r}: no record names that uthread")
@@ -529,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--kind", action="append", metavar="KIND",
                          help="only records of this kind (repeatable: fault, handler, op, run, syscall, ...)")  # fmt: skip
     explain.add_argument("--limit", type=_positive, metavar="N", help="print at most N records")
+    explain.add_argument("--faults", action="store_true",
+                         help="only each fault's story: the instruction, each handler's decision and register "
+                              "changes, the fixup or signal, the resume")  # fmt: skip
     explain.add_argument("--by-time", action="store_true",
                          help="merge the vcores' records in virtual-time order (default: the order they were made)")  # fmt: skip
     explain.set_defaults(func=cmd_explain)

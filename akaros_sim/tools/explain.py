@@ -134,6 +134,11 @@ def sentence(rec: TraceRecord) -> str:
     return f"{k}" + (f": {details}" if details else "")
 
 
+# the records that tell a fault's story, besides thread_refl_fault calls and the resume after a fixup
+_FAULT_STORY = frozenset({"fault", "handler", "chain_previous", "extable_fixup", "fault_fixed", "signal_prep",
+                          "signal", "sigreturn", "ras_restart", "process_exit"})  # fmt: skip
+
+
 @attrs.frozen
 class Selection:
     """Which records to narrate: each field left at its default selects everything."""
@@ -147,6 +152,14 @@ class Selection:
     context: int = 20
     limit: int | None = None  # at most this many lines
     by_time: bool = False  # merge the vcores' records in virtual-time order (default: emission order)
+    faults: bool = False  # only each fault's story: the fault, the chain's decisions, the fixup, the resume
+
+    def _in_a_fault_story(self, rec: TraceRecord) -> bool:
+        if rec.kind in _FAULT_STORY:
+            return True
+        if rec.kind == "op":
+            return dict(rec.details).get("op") == "thread_refl_fault"
+        return rec.kind == "run" and dict(rec.details).get("how") == "fault_fixed"
 
     @property
     def narrowed(self) -> bool:
@@ -157,7 +170,8 @@ class Selection:
                 and (self.vcore is None or rec.vc == self.vcore)
                 and (self.t_from is None or rec.t >= self.t_from)
                 and (self.t_to is None or rec.t <= self.t_to)
-                and (not self.kinds or rec.kind in self.kinds))  # fmt: skip
+                and (not self.kinds or rec.kind in self.kinds)
+                and (not self.faults or self._in_a_fault_story(rec)))  # fmt: skip
 
 
 def narrate(trace: Trace, brief: bool = False, around: int | None = None, context: int = 20,
@@ -186,10 +200,45 @@ def narrate(trace: Trace, brief: bool = False, around: int | None = None, contex
     if select.limit is not None:
         chosen = chosen[: select.limit]
     numbered = select.narrowed or select.by_time
-    lines = []
-    for index, rec in chosen:
+
+    def line(index: int, rec: TraceRecord) -> str:
         where = f"vcore {rec.vc}" if rec.vc >= 0 else "kernel "
         who = f"[{rec.uth}]" if rec.uth else ""
         mark = f"#{index:<7}" if numbered else ""
-        lines.append(f"{mark}{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}")
+        return f"{mark}{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}"
+
+    if select.faults and not select.by_time:
+        return _fault_stories(chosen, line)
+    return [line(index, rec) for index, rec in chosen]
+
+
+# details that differ between two tellings of the same fault story (the data address, the old registers)
+_INCIDENTAL = frozenset({"addr", "aux", "changed", "frame"})
+
+
+def _fault_stories(chosen: list, line) -> list[str]:
+    """Each fault's story (its records up to the uthread's next fault) told once in full per kind of
+    story; a story told the same way again (same uthread, instruction, handlers, decisions) is counted,
+    and one line after the first telling says how many more there were."""
+    stories: list[list] = []
+    open_story: dict[str, list] = {}  # uthread -> its story being collected
+    for index, rec in chosen:
+        if rec.kind == "fault" or rec.uth not in open_story:
+            open_story[rec.uth] = []
+            stories.append(open_story[rec.uth])
+        open_story[rec.uth].append((index, rec))
+    told: dict[tuple, list] = {}  # signature -> [first story, indices of the repeats]
+    for story in stories:
+        signature = tuple((rec.kind, rec.uth, tuple(kv for kv in rec.details if kv[0] not in _INCIDENTAL))
+                          for _, rec in story)  # fmt: skip
+        if signature in told:
+            told[signature][1].append(story[0][0])
+        else:
+            told[signature] = [story, []]
+    lines = []
+    for story, repeats in told.values():  # in the order each kind of story was first told
+        lines += [line(index, rec) for index, rec in story]
+        if repeats:
+            lines.append(f"{'':>8}... told the same way {len(repeats):,} more time(s), the faults at records "
+                         f"#{repeats[0]} to #{repeats[-1]}")  # fmt: skip
     return lines
