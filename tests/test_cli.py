@@ -285,3 +285,23 @@ def test_explain_faults_tells_each_kind_of_fault_story_once_and_counts_the_rest(
         "the fault is fixed; r2 will resume at 0x7000003c",
         "r2 resumes at once after its fault was fixed",
     ]
+
+
+def test_explain_names_syscall_arguments_as_their_prototypes_do(capsys, monkeypatch):
+    """Syscall arguments are named, decimal where Akaros's prototype has a count or status, hex for addresses,
+    with PROT_ and MAP_ bits spelled out; an unknown syscall keeps all six words in hex."""
+    from akaros_sim.tools.explain import _syscall_args
+
+    monkeypatch.chdir(ROOT)
+    assert main(["explain", "scenarios/blocking_syscalls.toml", "--thread", "slow", "--kind", "syscall"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split(maxsplit=6)[6] for line in lines[:2]] == [
+        "syscall #1 write(fd=1, buf=0x401000, len=18)", "syscall #2 block(ns=30000)",
+    ]
+    assert _syscall_args("exit", (2**64 - 1,)) == "status=-1"
+    assert _syscall_args("mmap", (0x30007000, 4096, 3, 0x8010, 0, 0)) == (
+        "addr=0x30007000, len=4096, prot=PROT_READ|PROT_WRITE, flags=MAP_FIXED|MAP_POPULATE, fd=0, offset=0"
+    )
+    assert _syscall_args("mprotect", (0x1000, 8192, 0)) == "addr=0x1000, len=8192, prot=PROT_NONE"
+    assert _syscall_args("mmap", (0, 1, 8, 0x40, 0, 0)).split(", ")[2:4] == ["prot=0x8", "flags=0x40"]
+    assert _syscall_args("0xbeef", (1, 2)) == "0x1, 0x2"

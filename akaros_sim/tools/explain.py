@@ -11,7 +11,15 @@ from __future__ import annotations
 import attrs
 
 from akaros_sim.context import TrapNr
-from akaros_sim.kernel import EV_ALARM, EV_PREEMPT_PENDING, EV_SYSCALL, EV_USER_IPI, EV_VCORE_PREEMPT
+from akaros_sim.kernel import (
+    EV_ALARM,
+    EV_PREEMPT_PENDING,
+    EV_SYSCALL,
+    EV_USER_IPI,
+    EV_VCORE_PREEMPT,
+    MAP_FIXED,
+    MAP_POPULATE,
+)
 from akaros_sim.trace import Trace, TraceRecord
 
 _EVENTS = {
@@ -26,6 +34,51 @@ _STATUS = {
     "FAULT_FIXED": "fixed it (FAULT_FIXED): the uthread resumes at once and the 2LS never sees the fault",
     "FAIL": "failed (FAIL): the process will end",
 }
+
+
+# Each syscall's parameters as Akaros's prototypes (and parlib's) name them, with how to show each:
+# "d" signed decimal, "x" hex, "prot" PROT_ bits, "map" MAP_ flags.  Arguments past the last are not shown.
+_PROTOTYPES = {
+    "null": (), "getvcoreid": (), "gettime": (), "uthread_yield": (), "sigreturn": (),
+    "block": (("ns", "d"),), "exit": (("status", "d"),), "proc_yield": (("being_nice", "d"),),
+    "write": (("fd", "d"), ("buf", "x"), ("len", "d")),
+    "mmap": (("addr", "x"), ("len", "d"), ("prot", "prot"), ("flags", "map"), ("fd", "d"), ("offset", "d")),
+    "munmap": (("addr", "x"), ("len", "d")),
+    "mprotect": (("addr", "x"), ("len", "d"), ("prot", "prot")),
+    "populate_va": (("addr", "x"), ("nr_pgs", "d")),
+    "nanosleep": (("req", "x"), ("rem", "x")),
+    "uthread_exit": (("retval", "x"),), "guest_return": (("value", "x"),),
+    "sigaction": (("signo", "d"), ("handler", "x")),
+}  # fmt: skip
+_PROT_BITS = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
+_MAP_BITS = ((MAP_FIXED, "MAP_FIXED"), (MAP_POPULATE, "MAP_POPULATE"))
+
+
+def _bits(value: int, names, none: str) -> str:
+    parts = [name for bit, name in names if value & bit]
+    rest = value & ~sum(bit for bit, _ in names)
+    parts += [f"{rest:#x}"] if rest else []
+    return "|".join(parts) or none
+
+
+def _syscall_args(name: str, args) -> str:
+    """A syscall's arguments named and shown as its prototype says (unknown syscalls: all six in hex)."""
+    prototype = _PROTOTYPES.get(name)
+    if prototype is None:
+        return ", ".join(_hex(a) for a in args)
+    shown = []
+    for (param, how), value in zip(prototype, tuple(args) + (0,) * len(prototype), strict=False):
+        value &= (1 << 64) - 1
+        if how == "d":
+            text = str(value - (1 << 64) if value >> 63 else value)
+        elif how == "prot":
+            text = _bits(value, _PROT_BITS, "PROT_NONE")
+        elif how == "map":
+            text = _bits(value, _MAP_BITS, "0")
+        else:
+            text = f"{value:#x}"
+        shown.append(f"{param}={text}")
+    return ", ".join(shown)
 
 
 def _trap(nr) -> str:
@@ -70,8 +123,7 @@ def sentence(rec: TraceRecord) -> str:
     if k == "uthread_cleanup":
         return f"the 2LS frees uthread {g('target')}"
     if k == "syscall":
-        args = ", ".join(_hex(a) for a in (g("args") or ()))
-        return f"syscall #{g('sysc')} {g('name')}({args})"
+        return f"syscall #{g('sysc')} {g('name')}({_syscall_args(g('name'), g('args') or ())})"
     if k == "syscall_done":
         return f"the kernel completes syscall #{g('sysc')} {g('name')} -> {_hex(g('ret'))}"
     if k == "event_post":
