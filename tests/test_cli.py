@@ -305,3 +305,17 @@ def test_explain_names_syscall_arguments_as_their_prototypes_do(capsys, monkeypa
     assert _syscall_args("mprotect", (0x1000, 8192, 0)) == "addr=0x1000, len=8192, prot=PROT_NONE"
     assert _syscall_args("mmap", (0, 1, 8, 0x40, 0, 0)).split(", ")[2:4] == ["prot=0x8", "flags=0x40"]
     assert _syscall_args("0xbeef", (1, 2)) == "0x1, 0x2"
+
+
+def test_explain_faults_keeps_kernel_side_records_in_their_uthreads_story(capsys, monkeypatch):
+    """A signal_prep (no uthread of its own) joins the story of the uthread it names; the process exit
+    ends the story going on."""
+    monkeypatch.chdir(ROOT)
+    assert main(["explain", "scenarios/pthread_faults.toml", "--faults"]) == 0
+    told = [line.split(maxsplit=5)[5] for line in capsys.readouterr().out.splitlines()[1:]]
+    firsts = [i for i, text in enumerate(told) if " faults: #" in text]
+    assert len(firsts) == 3
+    fpe, segv, ud = (told[a:b] for a, b in zip(firsts, [*firsts[1:], len(told)], strict=True))
+    assert fpe[2].startswith("the 2LS turns the fault into signal 8 (code 1, addr 0x0) for fpe")
+    assert segv[2].startswith("the 2LS turns the fault into signal 11 (code 2, addr 0x0) for segv")
+    assert ud[-1] == "the process exits with status -1 (exit)"

@@ -226,18 +226,15 @@ class Selection:
                 and (not self.faults or self._in_a_fault_story(rec)))  # fmt: skip
 
 
-def narrate(trace: Trace, brief: bool = False, around: int | None = None, context: int = 20,
-            select: Selection | None = None) -> list[str]:  # fmt: skip
+def narrate(trace: Trace, brief: bool = False, select: Selection | None = None) -> list[str]:
     """The story of a trace, one line per record (with brief, sched_ops calls are left out).
 
-    `select` narrows it (a thread, a vcore, a time window, kinds, a limit) or orders it by
-    virtual time; with `around`, only record #around and the `context` records before it: the
-    records a report's "(at trace record #N)" points into.  A narrowed story leads each line
+    `select` narrows it (a thread, a vcore, a time window, kinds, a limit; with `around`, only
+    record #around and the `context` records before it: the records a report's "(at trace
+    record #N)" points into) or orders it by virtual time.  A narrowed story leads each line
     with the record's index.
     """
     select = select or Selection()
-    if around is not None:
-        select = attrs.evolve(select, around=around, context=context)
     records = trace.records
     first = 0
     if select.around is not None:
@@ -274,11 +271,19 @@ def _fault_stories(chosen: list, line) -> list[str]:
     and one line after the first telling says how many more there were."""
     stories: list[list] = []
     open_story: dict[str, list] = {}  # uthread -> its story being collected
+    story = None
     for index, rec in chosen:
-        if rec.kind == "fault" or rec.uth not in open_story:
-            open_story[rec.uth] = []
-            stories.append(open_story[rec.uth])
-        open_story[rec.uth].append((index, rec))
+        # a kernel-side record belongs to the uthread it names, or (process_exit) to the story going on
+        who = rec.uth or dict(rec.details).get("target")
+        if who is not None and (rec.kind == "fault" or who not in open_story):
+            open_story[who] = []
+            stories.append(open_story[who])
+        if who is not None:
+            story = open_story[who]
+        elif story is None:
+            story = []
+            stories.append(story)
+        story.append((index, rec))
     told: dict[tuple, list] = {}  # signature -> [first story, indices of the repeats]
     for story in stories:
         signature = tuple((rec.kind, rec.uth, tuple(kv for kv in rec.details if kv[0] not in _INCIDENTAL))
