@@ -51,6 +51,7 @@ _VDSO_CODE = {
     VDSO_GUEST_RETURN: b"\x48\x89\xc7\xb8" + struct.pack("<I", SYS_guest_return) + b"\x0f\x05\x0f\x0b",
 }
 DEFAULT_STALL_NS = 1_000_000_000  # a runnable uthread unrun for 1 s of virtual time is a stalled 2LS
+MAX_STALL_NS = 1 << 62  # more is a typo: virtual time would never get there
 STALL_SCAN_RUNS = 1024  # the watchdog looks at every uthread once per this many runs
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections during a run (CPython's default: 700)
 _ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")

@@ -18,7 +18,7 @@ from akaros_sim.engine import Costs, RunEnd
 from akaros_sim.extable import ExceptionTable, ExtableHandler
 from akaros_sim.interpose import HandlerChain, handler_name
 from akaros_sim.memory import Prot
-from akaros_sim.process import DEFAULT_STALL_NS, Process
+from akaros_sim.process import DEFAULT_STALL_NS, MAX_STALL_NS, Process
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasHandler, RasTable
 from akaros_sim.sched_ops import SchedOps
@@ -66,7 +66,7 @@ class Simulation:
                  check: bool = True, stall_ns: int = DEFAULT_STALL_NS) -> None:
         """An empty process.  `trace`: None (a fresh Trace), a Trace to fill, or False (none).  `check`: the
         2LS contract checker, whose watchdog reports a runnable uthread unrun for `stall_ns`."""
-        for key, value, high in (("vcores", vcores, MAX_VCORES), ("stall_ns", stall_ns, 1 << 62)):
+        for key, value, high in (("vcores", vcores, MAX_VCORES), ("stall_ns", stall_ns, MAX_STALL_NS)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SimulationError(f"Simulation: expected {key} >= 1, got {value!r}")
             if value > high:

@@ -194,6 +194,9 @@ CASES = [
     Case("latency of an unknown syscall",
          add('\n[[injections]]\nat_ns = 10\nsyscall_latency = { nr = "sleeep", ns = 5 }\n'),
          "injections[0].syscall_latency.nr", "unknown syscall 'sleeep' (known: null, block, ..."),
+    Case("stall limit of 0", add("\n[run]\nstall_ns = 0\n"), "run.stall_ns", "expected an integer >= 1, got 0"),
+    Case("huge stall limit", add("\n[run]\nstall_ns = 9223372036854775807\n"), "run.stall_ns",
+         "expected an integer <= 4611686018427387904, got 9223372036854775807"),
     # -- expectations --
     Case("unknown end", sub('end = "all_exited"', 'end = "finished"'), "expect.end",
          "expected one of all_exited, process_exited, time_budget, insn_budget, idle, got 'finished'"),

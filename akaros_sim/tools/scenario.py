@@ -42,6 +42,7 @@ The format (docs/scenarios.md is the full reference)::
     [run]
     until_ns = 100_000_000                   # optional budgets (until_ns defaults to 1 s of virtual time)
     max_insns = 10_000_000
+    stall_ns = 1_000_000_000                 # optional: the watchdog's limit on a ready uthread left unrun
     [expect]
     end = "all_exited"                       # a RunEnd name in lower case
     exit_status = 0
@@ -94,6 +95,7 @@ from akaros_sim.elf import ElfError, load_elf
 from akaros_sim.engine import Costs
 from akaros_sim.kernel import SYSCALL_NAMES
 from akaros_sim.memory import PAGE_SIZE, USER_MIN, USER_TOP, MemError, Prot
+from akaros_sim.process import DEFAULT_STALL_NS, MAX_STALL_NS
 from akaros_sim.program import Program
 from akaros_sim.simulation import MAX_VCORES, RunResult, Simulation, SimulationError
 from akaros_sim.tools.expect import Check, Expectations, check_expectations, load_expect
@@ -218,6 +220,7 @@ class Scenario:
     ras: tuple[RasSpec, ...] = ()
     until_ns: int | None = None
     max_insns: int | None = None
+    stall_ns: int = DEFAULT_STALL_NS  # the contract checker's watchdog limit
     expect: Expectations = Expectations()
     text: str = attrs.field(default="", repr=False)  # the file as read (a trace header carries it)
     files: tuple = attrs.field(default=(), repr=False)  # (relative path, bytes) of every file it loads
@@ -318,9 +321,12 @@ def load_scenario_text(text: str, path) -> Scenario:
     handlers = _load_handlers(top, path.parent)
     ras = _load_ras(top, prog_by_name)
 
-    run = top.sub("run", ("until_ns", "max_insns"), {})
+    run = top.sub("run", ("until_ns", "max_insns", "stall_ns"), {})
     until_ns = run.int("until_ns", DEFAULT_UNTIL_NS, minimum=1)  # a run always ends
     max_insns = run.int("max_insns", None, minimum=1)
+    stall_ns = run.int("stall_ns", DEFAULT_STALL_NS, minimum=1)
+    if stall_ns > MAX_STALL_NS:
+        raise run.error("stall_ns", f"expected an integer <= {MAX_STALL_NS}, got {stall_ns}")
 
     expect = load_expect(
         top, {t.name for t in threads}, lambda reader, key, ref: _symbol_addr(reader, key, ref, prog_by_name)
@@ -329,7 +335,7 @@ def load_scenario_text(text: str, path) -> Scenario:
         path=path, description=description.strip(), vcores=vcores, seed=seed, costs=costs, scheduler=sched_name,
         sched_factory=factory, sched_params=sched_params, programs=tuple(programs), mappings=tuple(mappings),
         threads=tuple(threads), injections=tuple(injections), handlers=tuple(handlers), ras=tuple(ras),
-        until_ns=until_ns, max_insns=max_insns, expect=expect, text=text,
+        until_ns=until_ns, max_insns=max_insns, stall_ns=stall_ns, expect=expect, text=text,
         files=_referenced_files(data, ref, path.parent),
     )  # fmt: skip
 
@@ -781,7 +787,8 @@ def build(scenario: Scenario) -> Simulation:
     }  # fmt: skip
     if scenario.files:  # what the scenario loads rides along, so the trace replays anywhere
         header["scenario_files"] = {name: _embed(data) for name, data in scenario.files}
-    sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs, trace=Trace(header))
+    sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs, trace=Trace(header),
+                     stall_ns=scenario.stall_ns)
     for i, spec in enumerate(scenario.programs):
         try:
             sim.load(spec.program)
