@@ -145,7 +145,7 @@ class Engine:
         vc = self.current
         return vc.clock if vc is not None else self.now
 
-    def advance(self, ns: int, uthread_time: bool = False) -> None:
+    def advance(self, ns: int) -> None:
         """Spend ns on the running vcore; suspend if that passes the horizon.
 
         On return the caller is furthest behind (nobody can act before it), but
@@ -158,8 +158,6 @@ class Engine:
             return
         vc.clock += ns
         vc.busy_ns += ns
-        if uthread_time:
-            vc.uthread_ns += ns
         if vc.clock > self.horizon:
             self._suspend(vc)
 
@@ -168,7 +166,6 @@ class Engine:
         vc = self.current
         vc.clock += ns
         vc.busy_ns += ns
-        vc.uthread_ns += ns
 
     def yield_to_engine(self) -> None:
         """Suspend the running code now; the engine resumes it when its vcore is furthest behind."""
@@ -195,7 +192,6 @@ class Engine:
         vc.spending = box
         vc.clock = stop
         vc.busy_ns += stop - start
-        vc.uthread_ns += stop - start
         if stop > self.horizon:
             self._suspend(vc)
         if vc.spending is box:
@@ -213,7 +209,6 @@ class Engine:
             back = box[1] - t
             vc.clock -= back
             vc.busy_ns -= back
-            vc.uthread_ns -= back
             box[1] = t
 
     def guest_limit(self) -> int:

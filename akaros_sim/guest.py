@@ -19,8 +19,10 @@ from akaros_sim.context import TrapNr
 from akaros_sim.cpu import BudgetSpent, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Entry, Interrupt
+from akaros_sim.join import uthread_exit
 from akaros_sim.kernel import SYS_guest_return, SYS_sigaction, SYS_sigreturn, SYS_uthread_exit, SYS_uthread_yield
-from akaros_sim.uthread import Uthread, uthread_exit, uthread_sched_yield
+from akaros_sim.timeline import BLOCKED
+from akaros_sim.uthread import Uthread, uthread_sched_yield
 
 U64 = (1 << 64) - 1
 
@@ -122,6 +124,7 @@ class Guest:
         proc = self.proc
         engine = proc.engine
         engine.sync()
+        proc.set_uth_state(uth, BLOCKED, "fault", uth.vcore)  # from the trap on: the kernel's reflection is not its time
         engine.advance(proc.costs.fault_reflect_ns)
         vc = uth.vcore
         proc.trace_event(

@@ -25,6 +25,7 @@ import attrs
 
 from akaros_sim.engine import Entry, Interrupt, VcoreState
 from akaros_sim.memory import PAGE_SIZE, MemError, Prot
+from akaros_sim.timeline import BLOCKED, RUNNABLE
 
 # Kernel syscalls (Akaros numbering)
 SYS_null = 1
@@ -227,6 +228,7 @@ class Kernel:
         else:
             self.engine.start_vcore(vc, Entry.RESTART if was_preempted else Entry.GRANTED)
             reason = "start"
+        self.proc.timeline.vcore(self.engine.time(), vc.id, "online")
         self.proc.trace_event(vc, "vcore_online", how=reason, amt_wanted=self.amt_wanted)
         if vc.tick_period:
             self.arm_tick(vc)
@@ -242,6 +244,7 @@ class Kernel:
             return False
         vc.preempt_pending = 0
         self.set_vcore_state(vc, VcoreState.OFFLINE)
+        self.proc.timeline.vcore(self.engine.time(), vc.id, "offline")
         self.proc.trace_event(vc, "vcore_offline", nice=being_nice, amt_wanted=self.amt_wanted)
         if being_nice:
             # The kernel wanted this pcore: it stays away as if preempted (for
@@ -295,6 +298,8 @@ class Kernel:
         uth = vc.current_uthread
         if uth is not None and not vc.in_vcore_ctx:
             uth.interrupted = Interrupt.PREEMPTED
+            self.proc.set_uth_state(uth, BLOCKED, "preempted", vc, self.engine.time())
+        self.proc.timeline.vcore(self.engine.time(), vc.id, "preempted")
         self.proc.trace_event(
             vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None, until=vc.unavailable_until
         )
@@ -451,6 +456,7 @@ class Kernel:
         if uth is not None and uth.sysc is sysc:
             uth.waits_for = None  # done: the 2LS's to run once its event is handled (the 2LS contract)
             uth.runnable_at = self._kernel_now()
+            self.proc.set_uth_state(uth, RUNNABLE, "", None, uth.runnable_at)
         self.proc.trace_event(None, "syscall_done", sysc=sysc.id, name=sysc.name, ret=sysc.retval)
         if sysc.ev_q is not None:
             self.send_event(sysc.ev_q, EventMsg(EV_SYSCALL, arg3=sysc))

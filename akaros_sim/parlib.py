@@ -14,12 +14,14 @@ This module is a thin veneer: the work is done in the rooms it calls
 
 from __future__ import annotations
 
+from akaros_sim import join as _join
 from akaros_sim import uthread as _uth
 from akaros_sim import vcore as _vcore
 from akaros_sim.kernel import EV_SYSCALL, EventQueue, SYS_block
 from akaros_sim.process import VDSO_GUEST_RETURN
 from akaros_sim.running import ParlibError, current_proc, uthread_ctx, vcore_ctx
 from akaros_sim.sync import CondVar, Mutex, UthSync
+from akaros_sim.timeline import BLOCK_FLAG_CAUSES, BLOCKED
 from akaros_sim.uthread import (
     UTH_EXT_BLK_EVENTQ,
     UTH_EXT_BLK_MISC,
@@ -195,7 +197,9 @@ def uthread_runnable(uth: Uthread) -> None:
 
 def uthread_has_blocked(uth: Uthread, flags: int) -> None:
     """A yield callback that is not a 2LS op must report the block (thread_has_blocked)."""
-    current_proc("uthread_has_blocked").call_op("thread_has_blocked", uth, flags)
+    proc = current_proc("uthread_has_blocked")
+    proc.set_uth_state(uth, BLOCKED, BLOCK_FLAG_CAUSES.get(flags, "misc"))
+    proc.call_op("thread_has_blocked", uth, flags)
 
 
 # -- 2LS plumbing ---------------------------------------------------------------------------------
@@ -360,17 +364,16 @@ def uthread_create(func_or_entry, *args, name: str | None = None, detached: bool
 def uthread_exit(retval=None) -> None:
     """Uthread context: end the calling uthread with retval (never returns)."""
     proc, _, uth = uthread_ctx("uthread_exit")
-    _uth.uthread_exit(proc, uth, retval)
+    _join.uthread_exit(proc, uth, retval)
 
 
 def uthread_join(target: Uthread):
     """Uthread context: wait for target to exit; returns its return value."""
     proc, _, uth = uthread_ctx("uthread_join")
-    return _checked(_uth.uthread_join, proc, uth, target)
+    return _checked(_join.uthread_join, proc, uth, target)
 
 
 def uthread_detach(target: Uthread) -> None:
     """Detach target: its resources go when it exits (now, if it already has)."""
     proc = current_proc("uthread_detach")
-    _checked(_uth.uthread_detach, proc, target)
-
+    _checked(_join.uthread_detach, proc, target)

@@ -26,10 +26,12 @@ from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Costs, Engine, Entry, RunEnd, VcoreState
 from akaros_sim.guest import Guest, trap_insn_addr
 from akaros_sim.interpose import HandlerChain
+from akaros_sim.join import uthread_exit
 from akaros_sim.kernel import Kernel, ProcState, SYS_guest_return, SYS_sigreturn, SYS_uthread_exit
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, Prot
 from akaros_sim.signals import Signals
-from akaros_sim.uthread import Uthread, UthreadKind, uthread_exit
+from akaros_sim.timeline import BLOCKED, RUNNABLE, Timeline
+from akaros_sim.uthread import Uthread, UthreadKind
 from akaros_sim.uthread import syscall as uthread_syscall
 from akaros_sim.vcore import vcore_entry
 
@@ -80,6 +82,8 @@ class Process:
         self._op_ns = costs.sched_op_ns
         self._op_details: dict[str, dict[str, tuple]] = {}  # op -> uthread name -> its records' details
         self.entry_details: dict[tuple, tuple] = {}  # (why, current uthread) -> a vcore_entry's details
+        self.timeline = Timeline(vcores)  # every uthread's and vcore's states over time (timeline.py)
+        self._state_details: dict[tuple, tuple] = {}  # (state, cause) -> a uthread_state record's details
         self._facade = weakref.ref(facade)  # the Simulation: never held strongly from inside
         # the machine
         self.mem = AddressSpace()
@@ -141,6 +145,26 @@ class Process:
             uth = vc.current_uthread
         self.trace.add(engine.time(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind,
                        tuple(details.items()))  # fmt: skip
+
+    def set_uth_state(self, uth: Uthread, state: str, cause: str = "", vc=None, t: int | None = None) -> None:
+        """The runtime's view of uth changed (timeline.py): account for it, and record each change once.
+
+        The time is the acting code's (the vcore's clock, or the kernel's); `vc`
+        names the vcore the record goes on (for running: the one it runs on).
+        """
+        engine = self.engine
+        if vc is None:
+            vc = engine.current
+        if t is None:
+            cur = engine.current
+            t = cur.clock if cur is not None else engine.now
+        vcid = vc.id if vc is not None else -1
+        if self.timeline.change(t, uth.name, state, cause, vcid) and self.record is not None:
+            details = self._state_details.get((state, cause))
+            if details is None:
+                details = (("state", state), ("cause", cause)) if state is BLOCKED else (("state", state),)
+                self._state_details[(state, cause)] = details
+            self.record((t, vcid, uth.name, "uthread_state", details))
 
     def user_trace_event(self, kind: str, **details) -> None:
         """A record from user code (a 2LS, a handler, a test): its values are checked."""
@@ -204,6 +228,7 @@ class Process:
             uth.waits_for, uth.waiting_since = None, rows // 5 - 1 if rows else 0
             cur = engine.current
             uth.runnable_at = cur.clock if cur is not None else engine.now
+            self.set_uth_state(uth, RUNNABLE)
         try:
             return op(*args)
         except Exception as exc:
@@ -312,6 +337,10 @@ class Process:
                 setattr(uth.ctx, reg, value & U64)
             self.mem.write_u64(uth.ctx.rsp, VDSO_EXIT)  # returning from entry exits the uthread
         self.trace_event(None, "uthread_create", uth=uth, type=uth.kind.value, id=uth.id)
+        t = self.engine.time()
+        self.timeline.created(t, uth.name)
+        if self.record is not None:
+            self.record((t, -1, uth.name, "uthread_state", (("state", RUNNABLE),)))
 
     def setup_tls(self, uth: Uthread) -> None:
         """Give uth a TLS block at fs_base: [0] the vcore it runs on (rseq's cpu_id), [8] its id."""
@@ -395,6 +424,7 @@ class Process:
                 return
         vc0.clock = engine.now
         engine.start_vcore(vc0, Entry.PROCESS_START)
+        self.timeline.vcore(engine.time(), vc0.id, "online")
         self.trace_event(vc0, "vcore_online", how="start", amt_wanted=self.kernel.amt_wanted)
 
     def _stop_check(self) -> RunEnd | None:

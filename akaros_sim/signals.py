@@ -79,6 +79,7 @@ class Signals:
             proc.exit(-1, "exit", proc.fault_report(
                 uth, f"{name}: page fault in vcore context pushing the signal frame below rsp={ctx.rsp:#x} ({exc})"))
         uth.sigdata = base
+        proc.timeline.signal(uth.name)
         proc.trace_event(uth.vcore, "signal", uth=uth, signo=signo, code=code, addr=addr, handler=handler, frame=base)
         ctx.rip, ctx.rsp = handler, sp - 8
         ctx.rdi, ctx.rsi, ctx.rdx = signo, base + len(frame), base

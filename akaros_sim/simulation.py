@@ -18,6 +18,7 @@ from akaros_sim.engine import Costs, RunEnd
 from akaros_sim.extable import ExceptionTable, ExtableHandler
 from akaros_sim.interpose import HandlerChain, handler_name
 from akaros_sim.memory import Prot
+from akaros_sim.metrics import Metrics, compute_metrics
 from akaros_sim.process import DEFAULT_STALL_NS, MAX_STALL_NS, Process
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasHandler, RasTable
@@ -50,6 +51,7 @@ class RunResult:
     report: str | None = None
     extable_sites: tuple[tuple[int, int], ...] = ()  # (instruction, times fixed) for each site that fired
     ras_restarts: tuple[tuple[int, int], ...] = ()  # (sequence start, restarts)
+    metrics: Metrics | None = None  # per-uthread, per-vcore and process figures (metrics.py)
 
 
 MAX_VCORES = 1024  # more is a typo, not a machine: each vcore costs memory and a peer scan
@@ -112,12 +114,9 @@ class Simulation:
     # -- building ---------------------------------------------------------------------
 
     def load(self, program) -> None:
-        """Map a Program's segments (assembled or ELF).
-
-        A program with exception-table entries gets them added to the process's
-        table, and the first such program registers the extable fault handler
-        (at the head of the fault chain), as Linux does at boot.
-        """
+        """Map a Program's segments (assembled or ELF).  A program's exception-table entries join the
+        process's table; the first such program registers the extable fault handler at the head of
+        the fault chain, as Linux does at boot."""
         proc = self.proc
         if program.name in proc.programs:
             raise SimulationError(f"Simulation.load: a program named {program.name!r} is already loaded")
@@ -287,14 +286,14 @@ class Simulation:
             proc.close()
         engine = proc.engine
         engine.now = max(engine.now, time_ns)
-        vcs = tuple(
-            VcoreStats(vc.id, vc.busy_ns, vc.uthread_ns, vc.switches, vc.nr_preempts) for vc in engine.vcores
-        )
+        metrics = compute_metrics(proc.timeline, time_ns)  # uthread time: running spans (timeline.py)
+        vcs = tuple(VcoreStats(vc.id, vc.busy_ns, m.uthread_ns, vc.switches, vc.nr_preempts)
+                    for vc, m in zip(engine.vcores, metrics.vcores, strict=True))  # fmt: skip
         proc.trace.add(time_ns, -1, "", "run_end",
                        (("end", end.name), ("status", proc.kernel.exit_status), ("insns", proc.cpu.retired)))  # fmt: skip
         self.result = RunResult(
             end, proc.kernel.exit_status, time_ns, proc.cpu.retired, vcs, proc.trace.counts(), proc.kernel.report,
             tuple(proc.extable.sites()) if proc.extable else (),
-            tuple(sorted(proc.ras.restarts.items())) if proc.ras else (),
+            tuple(sorted(proc.ras.restarts.items())) if proc.ras else (), metrics,
         )  # fmt: skip
         return self.result

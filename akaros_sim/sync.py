@@ -106,7 +106,7 @@ class Mutex:
 
     def _block_cb(self, uth: Uthread, _arg) -> None:
         proc = current_proc("Mutex")
-        waits(proc, uth, f"mutex {self.name!r}")
+        waits(proc, uth, f"mutex {self.name!r}", "mutex")
         proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MUTEX)
         proc.call_op("sync_enqueue", uth, self.sync)
         self._lock.unlock()
@@ -156,7 +156,7 @@ class CondVar:
         self._lock.lock(proc)
 
         def cb(uth, _arg):
-            waits(proc, uth, f"condition variable {self.name!r}")
+            waits(proc, uth, f"condition variable {self.name!r}", "cv")
             self._waiters.append(uth)
             proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MUTEX)
             proc.call_op("sync_enqueue", uth, self.sync)

@@ -36,6 +36,7 @@ from akaros_sim.engine import Entry, Interrupt
 from akaros_sim.interpose import FaultStatus, HandlerFailed
 from akaros_sim.kernel import SyscState
 from akaros_sim.memory import MemError
+from akaros_sim.timeline import BLOCKED, RUNNABLE, RUNNING
 
 if TYPE_CHECKING:
     from greenlet import greenlet
@@ -233,12 +234,16 @@ _HOW = {how: (("how", how),) for how in ("run_uthread", "run_current_uthread", "
 _DECIDING = "the decision of its yield callback (uthread_runnable, or a block it names)"
 
 
-def waits(proc, uth: Uthread, what: str | None) -> None:
-    """The 2LS contract's view of uth: it waits for `what` (None: it is the 2LS's to run, or running)."""
+def waits(proc, uth: Uthread, what: str | None, cause: str = "") -> None:
+    """The 2LS contract's view of uth: it waits for `what` (None: it is the 2LS's to run, or running);
+    `cause` is the timeline's word for it (timeline.CAUSES)."""
     uth.waits_for, uth.waiting_since = what, len(proc.trace)
     if what is None:
         cur = proc.engine.current
         uth.runnable_at = cur.clock if cur is not None else proc.engine.now
+        proc.set_uth_state(uth, RUNNABLE)
+    else:
+        proc.set_uth_state(uth, BLOCKED, cause)
 
 
 # -- vcore context: starting and resuming uthreads -------------------------------------------------
@@ -317,8 +322,9 @@ def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
     vc.current_uthread = uth
     uth.vcore = vc
     uth.flags &= ~_SAVED
+    proc.set_uth_state(uth, RUNNING, "", vc)
     record = proc.record
-    if record is not None:
+    if record is not None:  # last before the resume chain's records (a RAS restart follows its `run`)
         record((vc.clock, vc.id, uth.name, "run", _HOW[how]))
     if uth.interrupted is not None:
         why, uth.interrupted = uth.interrupted, None
@@ -348,6 +354,7 @@ def stop_current_uthread(proc, vc) -> Uthread:
     uth.flags |= _SAVED
     uth.set_state(_NOT_RUNNING)
     proc.trace_event(vc, "uthread_stop", target=uth.name)
+    proc.set_uth_state(uth, RUNNABLE)  # the 2LS holds it now
     return uth
 
 
@@ -369,10 +376,10 @@ def uthread_yield(proc, vc, uth: Uthread, save_state: bool, yield_func, arg=None
     the caller's decision and the switch spends time, so a spinlock the caller
     holds is released by yield_func in vcore context with no window between.
     """
-    proc.engine.enter_vcore_context(vc, Entry.YIELD, _yield_action(uth, save_state, yield_func, arg))
+    proc.engine.enter_vcore_context(vc, Entry.YIELD, yield_action(uth, save_state, yield_func, arg))
 
 
-def _yield_action(uth: Uthread, save_state: bool, yield_func, arg):
+def yield_action(uth: Uthread, save_state: bool, yield_func, arg):
     """Mark uth as on its way out; the returned action finishes __uthread_yield in vcore context."""
     uth.flags |= _DONT_MIGRATE
     if save_state:
@@ -413,100 +420,10 @@ def blockon_sysc(proc, uth: Uthread, sysc) -> None:
     sysc.u_data = uth
     uth.sysc = sysc
     # done already (register_evq will refuse): the 2LS restarts it at once
-    waits(proc, uth, None if sysc.state is SyscState.DONE else f"syscall #{sysc.id} ({sysc.name})")
+    # a syscall the fault path started (populate_va) is still the fault's handling
+    cause = "fault" if proc.timeline.cause_of(uth.name) == "fault" else "syscall"
+    waits(proc, uth, None if sysc.state is SyscState.DONE else f"syscall #{sysc.id} ({sysc.name})", cause)
     proc.call_op("thread_blockon_sysc", uth, sysc)
-
-
-# -- exit, join, detach (parlib's join_ctl) ------------------------------------------------------------
-
-
-def uthread_exit(proc, uth: Uthread, retval) -> None:
-    """Uthread context: end uth with retval (never returns): its greenlet unwinds and ends,
-    and the exit callback runs in vcore context."""
-    proc.engine.advance(proc.costs.python_step_ns)
-    action = _yield_action(uth, False, lambda uth, retval: _exit_cb(proc, uth, retval), retval)
-    proc.engine.exit_uthread(proc.engine.current, Entry.YIELD, action)
-
-
-def _exit_cb(proc, uth: Uthread, retval) -> None:
-    # Every read and write of the join state here happens before the first op
-    # call (the first point where time passes), so it is atomic, like parlib's CAS.
-    uth.exit_value = retval
-    uth.set_state(UthState.EXITED)
-    uth.waits_for = None
-    proc.live -= 1
-    if proc.live == 0:
-        proc.engine.stop_soon = True  # the loop checks whether the run is over
-    proc.trace_event(None, "uthread_exit", target=uth.name, join=uth.join_state.name, retval=_plain(retval))
-    if uth.join_state is JoinState.DETACHED:
-        reap(proc, uth)
-    elif uth.join_state is JoinState.HAS_JOINER:
-        # uth_post_and_kick_joiner, then thread_exited (parlib's __uth_2ls_thread_exit_cb order)
-        joiner = uth.joiner
-        joiner.join_result = retval
-        _join_kick(proc, joiner)
-        reap(proc, uth)
-    # JOINABLE: it waits, EXITED, for a join or a detach to reap it
-
-
-def reap(proc, uth: Uthread) -> None:
-    """The join or detach consumed an exited uthread: REAPED, then the 2LS's thread_exited."""
-    uth.set_state(UthState.REAPED)
-    proc.call_op("thread_exited", uth)
-
-
-def _join_kick(proc, joiner: Uthread) -> None:
-    """One of the two things a joiner waits for is done (its own block, the target's exit)."""
-    joiner.join_kref -= 1
-    if joiner.join_kref == 0:
-        proc.call_op("thread_runnable", joiner)
-
-
-def uthread_join(proc, uth: Uthread, target: Uthread):
-    """Uthread context: wait for target to exit and reap it; returns its value (None if it was detached)."""
-    if target is uth:
-        raise UthreadRunError(f"uthread_join: {uth.name!r} cannot join itself")
-    proc.engine.advance(proc.costs.python_step_ns)
-    if target.state is UthState.REAPED:
-        raise UthreadRunError(f"uthread_join({target.name!r}): it has been reaped already (joined or detached)")
-    if target.join_state is not JoinState.JOINABLE:
-        raise UthreadRunError(f"uthread_join({target.name!r}) from {uth.name!r}: target is {target.join_state.name}")
-    uth.join_kref = 2  # the target's exit and this uthread's block: runnable after both
-    if target.state is UthState.EXITED:
-        # join_one on an exited target: take its value and reap it now; the joiner still
-        # yields (through the ready queue), as parlib's uthread_join_arr always does
-        uth.join_result = target.exit_value
-        reap(proc, target)
-        _join_kick(proc, uth)
-    else:
-        target.set_join_state(JoinState.HAS_JOINER)
-        target.joiner = uth
-
-    def join_cb(uth, _target):
-        if uth.join_kref > 1:
-            waits(proc, uth, f"uthread {target.name!r} to exit")
-        proc.call_op("thread_has_blocked", uth, UTH_EXT_BLK_MISC)
-        _join_kick(proc, uth)
-
-    uthread_yield(proc, proc.engine.current, uth, True, join_cb, target)
-    result, uth.join_result = uth.join_result, None
-    return result
-
-
-def uthread_detach(proc, target: Uthread) -> None:
-    """Detach target: it is reaped when it exits (now, if it already has)."""
-    if target.state is UthState.REAPED:
-        raise UthreadRunError(f"uthread_detach({target.name!r}): it has been reaped already (joined or detached)")
-    if target.join_state is not JoinState.JOINABLE:
-        raise UthreadRunError(f"uthread_detach({target.name!r}): target is {target.join_state.name}")
-    if target.state is UthState.EXITED:
-        reap(proc, target)
-        return
-    target.set_join_state(JoinState.DETACHED)
-
-
-def _plain(value):
-    return value if value is None or isinstance(value, (bool, int, str)) else type(value).__name__
 
 
 def uthread_sched_yield(proc, uth: Uthread) -> None:

@@ -19,19 +19,27 @@ vcore_entry_ns, with no new record.
 
 from __future__ import annotations
 
+from akaros_sim.engine import Entry
 from akaros_sim.kernel import EV_ALARM, EV_CHECK_MSGS, EV_POSIX_SIGNAL, EV_VCORE_PREEMPT
+from akaros_sim.timeline import BLOCKED
 from akaros_sim.uthread import UthFlag, uthread_pause
 
 _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
+# What a uthread waits for once vcore context starts in its place (timeline.CAUSES).
+_LEAVING = {Entry.YIELD: "yield", Entry.FAULT: "fault", Entry.NOTIFY: "interrupt"}
 
 
 def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
     """Steps 1-4 of a fresh pass of vcore context; the engine then calls sched_entry (step 5),
     from the top of the pass, so a switch to a uthread unwinds as few frames as it can."""
+    cur = vc.current_uthread
+    if cur is not None and not restarted:
+        cause = _LEAVING.get(entry)
+        if cause is not None:  # its context just left the vcore
+            proc.set_uth_state(cur, BLOCKED, cause, vc)
     proc.engine.advance(proc.costs.vcore_entry_ns)
     record = proc.record
     if record is not None and not restarted:
-        cur = vc.current_uthread
         name = cur.name if cur is not None else None
         details = proc.entry_details.get((entry, name))
         if details is None:

@@ -98,7 +98,6 @@ class Vcore:
         self.spending: list | None = None  # [start, reached] of a spend() in progress
         # statistics
         self.busy_ns = 0  # time spent while online
-        self.uthread_ns = 0  # ... of it, running uthreads
         self.switches = 0
 
     @property

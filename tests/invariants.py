@@ -24,6 +24,12 @@ The checks (each message starts with its letter):
     a vcore, no vcore goes offline holding one; a run that ended ALL_EXITED
     accounts for every uthread it created as exited, and a run that ended
     IDLE leaves no live uthread held by a vcore or runnable but never run.
+(f) the timeline (`uthread_state` records, akaros_sim/timeline.py): a
+    uthread's first state is runnable, at its creation; its states' times
+    never decrease; it runs only from runnable, or from blocked on
+    interrupt/fault/preempted (a resume in place), and at the time of a `run`
+    record of its own; it exits only from its yield callback; nothing follows
+    exited; and no two uthreads are running on one vcore at once.
 
 The vocabulary (which record kinds wake, stop, block) is read off the runtime
 (akaros_sim/parlib.py, vcore.py, simulation.py, kernel.py) and kept in the
@@ -128,7 +134,7 @@ def _where(i: int, rec) -> str:
 class _Checker:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
-        self.out: dict[str, list[str]] = {c: [] for c in "abcde"}
+        self.out: dict[str, list[str]] = {c: [] for c in "abcdef"}
         self.dropped: dict[str, int] = defaultdict(int)
 
     def flag(self, check: str, msg: str) -> None:
@@ -140,7 +146,7 @@ class _Checker:
 
     def result(self) -> list[str]:
         lines = []
-        for c in "abcde":
+        for c in "abcdef":
             lines.extend(self.out[c])
             if self.dropped[c]:
                 lines.append(f"({c}) ... and {self.dropped[c]} more ({c}) violations")
@@ -435,4 +441,55 @@ def check_trace(records, limit: int | None = DEFAULT_LIMIT) -> list[str]:
     chk = _Checker(limit)
     check_time(records, chk)
     check_uthreads(records, chk)
+    check_states(records, chk)
     return chk.result()
+
+
+RESUMABLE_CAUSES = frozenset({"interrupt", "fault", "preempted"})  # blocked in place: may run again directly
+
+
+def check_states(records, chk: _Checker) -> None:
+    """Check (f) over the uthread_state records."""
+    state: dict[str, tuple[str, str, int]] = {}  # uthread -> (state, cause, since)
+    on_vcore: dict[int, str] = {}  # vcore -> the uthread running on it
+    runs = {(r.uth, r.t) for r in records if r.kind == "run"}
+    created = {r.uth: r.t for r in records if r.kind == "uthread_create"}
+    for i, rec in enumerate(records):
+        if rec.kind != "uthread_state":
+            continue
+        name, new, cause = rec.uth, rec.get("state"), rec.get("cause", "")
+        where = _where(i, rec)
+        if name not in state:
+            if new != "runnable" or created.get(name) != rec.t:
+                chk.flag("f", f"{where}: {name!r} starts {new} at t={rec.t}, not runnable at its creation")
+            state[name] = (new, cause, rec.t)
+            continue
+        old, old_cause, since = state[name]
+        if rec.t < since:
+            chk.flag("f", f"{where}: {name!r}'s time goes back from {since} to {rec.t} ({old} -> {new})")
+        if old == "exited":
+            chk.flag("f", f"{where}: {name!r} is {new} after it exited")
+        if old == "running":
+            for vc, who in list(on_vcore.items()):
+                if who == name:
+                    del on_vcore[vc]
+        if new == "running":
+            if not (old == "runnable" or (old == "blocked" and old_cause in RESUMABLE_CAUSES)):
+                chk.flag("f", f"{where}: {name!r} runs from {old} ({old_cause}): only runnable or a resume in place")
+            if (name, rec.t) not in runs:
+                chk.flag("f", f"{where}: {name!r} is running with no run record of its own at t={rec.t}")
+            other = on_vcore.get(rec.vc)
+            if other is not None:
+                chk.flag("f", f"{where}: {name!r} runs on vcore {rec.vc} while {other!r} is running there")
+            on_vcore[rec.vc] = name
+        if new == "exited" and (old, old_cause) != ("blocked", "yield"):
+            chk.flag("f", f"{where}: {name!r} exits from {old} ({old_cause}), not from its exit callback")
+        state[name] = (new, cause, rec.t)
+
+
+def check_timeline(trace) -> None:
+    """Assert check (f) holds over a Trace (for tests that only want the timeline's rules)."""
+    chk = _Checker(DEFAULT_LIMIT)
+    check_states(list(trace.records), chk)
+    problems = chk.result()
+    assert not problems, "\n".join(problems)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import akaros_sim
 from akaros_sim.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +152,8 @@ def test_explain_around_shows_the_records_a_contract_report_points_at(tmp_path, 
     assert main(["explain", trace, "--around", str(index), "--context", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == trace
-    assert [line.split()[0] for line in lines[1:]] == [f"#{i}" for i in range(index - 3, index + 1)]
+    shown = [int(line.split()[0][1:]) for line in lines[1:]]  # the 3 told records before it (uthread_state aside)
+    assert len(shown) == 4 and shown[-1] == index and shown == sorted(set(shown))
     assert "the process exits with status -1 (2LS contract)" in lines[-1] or "2LS contract" in lines[-1]
     assert main(["explain", trace, "--around", str(index + 1000)]) == 2
     assert capsys.readouterr().err == f"akaros-sim: {trace}: --around {index + 1000}: the trace has records #0 to #{index + 1}\n"
@@ -260,7 +263,8 @@ def test_explain_by_time_merges_the_vcores_in_time_order(capsys, monkeypatch):
     lines = _numbered(out[2:])
     times = [t for _, t, _ in lines]
     assert times == sorted(times)
-    assert sorted(i for i, _, _ in lines) == list(range(len(lines)))
+    assert main(["explain", "scenarios/mmap_stress.toml", "--limit", str(10**9)]) == 0  # emission order, numbered
+    assert sorted(i for i, _, _ in lines) == [i for i, _, _ in _numbered(capsys.readouterr().out.splitlines()[1:])]
 
 
 def test_explain_faults_tells_each_kind_of_fault_story_once_and_counts_the_rest(capsys, monkeypatch):
@@ -319,3 +323,27 @@ def test_explain_faults_keeps_kernel_side_records_in_their_uthreads_story(capsys
     assert fpe[2].startswith("the 2LS turns the fault into signal 8 (code 1, addr 0x0) for fpe")
     assert segv[2].startswith("the 2LS turns the fault into signal 11 (code 2, addr 0x0) for segv")
     assert ud[-1] == "the process exits with status -1 (exit)"
+
+
+def test_run_metrics_prints_one_row_per_uthread_and_json_holds_the_same(tmp_path, capsys, monkeypatch):
+    """--metrics adds the table (a row per uthread, a row per vcore); --json writes the figures with what made them."""
+    monkeypatch.chdir(ROOT)
+    out_json = tmp_path / "m.json"
+    assert main(["run", "scenarios/pthread_basics.toml", "--quiet", "--metrics", "--json", str(out_json)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("metrics (ns of virtual time; each defined in docs/metrics.md):")
+    rows = [line.split()[0] for line in lines[start + 2 : start + 11]]
+    assert rows == ["main", "g1", "g2", "w0", "w1", "w2", "w3", "producer", "consumer"]
+    doc = json.loads(out_json.read_text())
+    assert doc["about"] == {"scenario": "scenarios/pthread_basics.toml", "seed": 0, "vcores": 4, "sched": "pthread",
+                            "version": akaros_sim.__version__}  # fmt: skip
+    main_row = doc["metrics"]["uthreads"][0]
+    assert (main_row["name"], main_row["turnaround_ns"]) == ("main", main_row["exit_ns"] - main_row["created_ns"])
+    assert [v["vcore"] for v in doc["metrics"]["vcores"]] == [0, 1, 2, 3]
+
+
+def test_run_json_to_an_unwritable_path_fails_before_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    bad = str(tmp_path / "missing" / "m.json")
+    assert main(["run", "scenarios/pthread_basics.toml", "--json", bad]) == 2
+    assert capsys.readouterr().err.startswith(f"akaros-sim: cannot write {bad}: ")

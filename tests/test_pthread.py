@@ -170,7 +170,7 @@ def test_thread_runnable_on_a_running_thread_is_an_error():
     res = sim.run()
     assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert res.report.splitlines()[0] == (
-        "PthreadError in sched_ops.thread_runnable of 2LS 'pthread': pthread 'a': made runnable from state RUNNING (at trace record #9)"
+        "PthreadError in sched_ops.thread_runnable of 2LS 'pthread': pthread 'a': made runnable from state RUNNING (at trace record #12)"
     )
 
 

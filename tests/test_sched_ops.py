@@ -365,7 +365,7 @@ def test_an_op_removed_at_run_time_is_a_named_error():
     result = sim.run()
     assert (result.end, result.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert result.report.splitlines()[0] == (
-        "ProcessError: sched_ops 'pthread': op thread_has_blocked is missing (at trace record #9)"
+        "ProcessError: sched_ops 'pthread': op thread_has_blocked is missing (at trace record #12)"
     )
 
 
@@ -465,7 +465,7 @@ def test_thread0_refuses_a_second_thread_at_setup():
     res = sim.run()
     assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert res.report == ("Thread0Error in sched_ops.thread_create of 2LS 'thread0': "
-                          "thread0 2LS asked to create more threads ('two' after 'one') (at trace record #5)")
+                          "thread0 2LS asked to create more threads ('two' after 'one') (at trace record #6)")
 
 
 def test_thread0_refuses_a_second_thread_at_run_time():
@@ -476,7 +476,7 @@ def test_thread0_refuses_a_second_thread_at_run_time():
     assert (res.end, res.exit_status) == (RunEnd.PROCESS_EXITED, -1)
     assert res.report.splitlines()[0] == (
         "Thread0Error in sched_ops.thread_create of 2LS 'thread0': "
-        "thread0 2LS asked to create more threads ('extra' after 'main') (at trace record #9)"
+        "thread0 2LS asked to create more threads ('extra' after 'main') (at trace record #11)"
     )
 
 

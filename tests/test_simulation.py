@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from akaros_sim import parlib
@@ -33,12 +34,14 @@ def test_run_ends_all_exited_with_whole_result():
     result = sim.run()
     insns = spin_insns(100) + spin_insns(200)
     online = sim.trace.of_kind("vcore_online")[0].t  # busy from here to the end
-    assert result == RunResult(
+    step = Costs().python_step_ns  # each uthread's exit call, in uthread time with its instructions
+    assert attrs.evolve(result, metrics=None) == RunResult(
         end=RunEnd.ALL_EXITED,
         exit_status=None,
         time_ns=result.time_ns,
         insns=insns,
-        vcores=(VcoreStats(vcore=0, busy_ns=result.time_ns - online, uthread_ns=insns, switches=2, preemptions=0),),
+        vcores=(VcoreStats(vcore=0, busy_ns=result.time_ns - online, uthread_ns=insns + 2 * step, switches=2,
+                           preemptions=0),),
         counts=sim.trace.counts(),
         report=None,
     )
@@ -131,9 +134,9 @@ def test_a_2ls_that_never_makes_a_thread_runnable_is_caught_losing_it():
     result = sim.run()
     assert (result.end, result.exit_status, result.insns, result.time_ns) == (RunEnd.PROCESS_EXITED, -1, 0, 350)
     assert result.report == ("2LS contract: 2LS 'fifo' lost uthread 'spin': it was the 2LS's to run "
-                             "(since trace record #3, its creation in sched_ops.thread_create) and every vcore yielded (at trace record #8)")
+                             "(since trace record #3, its creation in sched_ops.thread_create) and every vcore yielded (at trace record #9)")
     assert [(r.t, r.kind) for r in sim.trace.records if r.kind != "op"] == [
-        (0, "sched_init"), (100, "uthread_create"), (100, "vcore_online"), (250, "vcore_entry"),
+        (0, "sched_init"), (100, "uthread_create"), (100, "uthread_state"), (100, "vcore_online"), (250, "vcore_entry"),
         (350, "vcore_offline"), (350, "process_exit"), (350, "run_end"),
     ]  # fmt: skip
 

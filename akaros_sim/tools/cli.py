@@ -27,6 +27,7 @@ from akaros_sim.disasm import describe_insn, insn_length
 from akaros_sim.kernel import SYS_exit as SYS_EXIT
 from akaros_sim.kernel import SYS_write as SYS_WRITE
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, MemError, Prot
+from akaros_sim.tools.metrics_table import format_metrics, write_json
 
 # Where `machine` puts the stack and the lazily backed heap.
 STACK_TOP = 0x7FF0_0000_0000
@@ -139,8 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario)
         if args.seed is not None:
             scenario = attrs.evolve(scenario, seed=args.seed)
-        if args.trace is not None:
-            open(args.trace, "w").close()  # a path we cannot write fails now, not after the run
+        for path in (args.trace, args.json):
+            if path is not None:
+                open(path, "w").close()  # a path we cannot write fails now, not after the run
         watch = Progress(sys.stderr).watching if sys.stderr.isatty() else None
         run = run_scenario(scenario, trace_path=args.trace, watch=watch)
     except ScenarioError as exc:
@@ -156,11 +158,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"akaros-sim: the run failed: {type(exc).__name__}: {exc}{where}{kept}", file=sys.stderr)
         return 1
     except OSError as exc:
-        if args.trace is None or exc.filename != args.trace:
+        if exc.filename is None or exc.filename not in (args.trace, args.json):
             raise
-        print(f"akaros-sim: cannot write {args.trace}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"akaros-sim: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(format_summary(run, quiet=args.quiet))
+    metrics = run.result.metrics
+    if args.metrics:
+        print(format_metrics(metrics))
+    if args.json is not None:
+        about = {"scenario": str(scenario.path), "seed": scenario.seed, "vcores": scenario.vcores,
+                 "sched": scenario.scheduler, "version": __version__}  # fmt: skip
+        write_json(metrics, about, args.json)
     return 0 if run.ok else 1
 
 
@@ -460,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="FILE", help="write the JSONL trace to FILE (whatever the outcome)")
     run.add_argument("--quiet", action="store_true", help="print only failed expectations and the verdict")
     run.add_argument("--seed", type=int, help="run with this seed instead of the scenario's")
+    run.add_argument("--metrics", action="store_true",
+                     help="also print per-uthread, process and per-vcore metrics (docs/metrics.md)")  # fmt: skip
+    run.add_argument("--json", metavar="FILE", help="write the metrics to FILE as JSON, led by what made them")
     run.set_defaults(func=cmd_run)
 
     replay = sub.add_parser(

@@ -20,6 +20,7 @@ from akaros_sim.kernel import (
     MAP_FIXED,
     MAP_POPULATE,
 )
+from akaros_sim.timeline import CAUSES
 from akaros_sim.trace import Trace, TraceRecord
 
 _EVENTS = {
@@ -101,6 +102,9 @@ def sentence(rec: TraceRecord) -> str:
     if k == "op":
         args = ", ".join(str(a) for a in (g("args") or ()))
         return f"sched_ops.{g('op')}({args}) is called"
+    if k == "uthread_state":
+        cause = g("cause")
+        return f"{rec.uth} is now {g('state')}" + (f" on {cause}: {CAUSES.get(cause, cause)}" if cause else "")
     if k == "vcore_online":
         return f"the kernel starts this vcore ({g('how')}); the process wants {g('amt_wanted')} vcore(s)"
     if k == "vcore_offline":
@@ -227,7 +231,8 @@ class Selection:
 
 
 def narrate(trace: Trace, brief: bool = False, select: Selection | None = None) -> list[str]:
-    """The story of a trace, one line per record (with brief, sched_ops calls are left out).
+    """The story of a trace, one line per record (with brief, sched_ops calls are left out;
+    uthread_state records only with `--kind uthread_state`).
 
     `select` narrows it (a thread, a vcore, a time window, kinds, a limit; with `around`, only
     record #around and the `context` records before it: the records a report's "(at trace
@@ -236,14 +241,21 @@ def narrate(trace: Trace, brief: bool = False, select: Selection | None = None) 
     """
     select = select or Selection()
     records = trace.records
-    first = 0
-    if select.around is not None:
-        around, context = select.around, select.context
+    # uthread_state records restate the story's own sentences: told only when asked for by kind
+    quiet = {"uthread_state"}.difference(select.kinds) | ({"op"} if brief else set())
+    if select.around is None:
+        chosen = [(i, rec) for i, rec in enumerate(records) if rec.kind not in quiet and select.keeps(rec)]
+    else:
+        around = select.around
         if not 0 <= around < len(records):
             raise ValueError(f"--around {around}: the trace has records #0 to #{len(records) - 1}")
-        first, records = max(0, around - context), records[max(0, around - context) : around + 1]
-    chosen = [(i, rec) for i, rec in enumerate(records, first)
-              if not (brief and rec.kind == "op") and select.keeps(rec)]  # fmt: skip
+        chosen = []  # record #around, and the `context` told records before it
+        for i in range(around - 1, -1, -1):
+            if len(chosen) >= select.context:
+                break
+            if records[i].kind not in quiet and select.keeps(records[i]):
+                chosen.append((i, records[i]))
+        chosen = [*reversed(chosen), (around, records[around])]
     if select.by_time:
         chosen.sort(key=lambda pair: (pair[1].t, pair[0]))  # stable: same-time records keep their order
     if select.limit is not None:

@@ -772,8 +772,9 @@ def _inject_map(sim: Simulation, start: int, length: int, prot: Prot, name: str,
 # -- building and running ---------------------------------------------------------------------------------
 
 
-def build(scenario: Scenario) -> Simulation:
-    """A Simulation ready to run: programs loaded, VMRs mapped, 2LS installed, threads and injections queued.
+def build(scenario: Scenario, trace: bool = True) -> Simulation:
+    """A Simulation ready to run: programs loaded, VMRs mapped, 2LS installed, threads and injections queued
+    (with `trace=False`, one that keeps no records: results and metrics only).
 
     Raises:
         ScenarioError: the 2LS rejects its params, or a program or mapping cannot be placed.
@@ -787,8 +788,8 @@ def build(scenario: Scenario) -> Simulation:
     }  # fmt: skip
     if scenario.files:  # what the scenario loads rides along, so the trace replays anywhere
         header["scenario_files"] = {name: _embed(data) for name, data in scenario.files}
-    sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs, trace=Trace(header),
-                     stall_ns=scenario.stall_ns)
+    sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs,
+                     trace=Trace(header) if trace else False, stall_ns=scenario.stall_ns)
     for i, spec in enumerate(scenario.programs):
         try:
             sim.load(spec.program)
