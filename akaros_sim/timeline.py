@@ -150,3 +150,46 @@ class Timeline:
             elif kind == "signal":
                 timeline.signal(rec.uth)
         return timeline
+
+
+def spans(trace) -> tuple[dict[str, list[tuple]], dict[int, list[tuple]], int]:
+    """The states of a trace as spans: per uthread (start, end, state, cause, vcore), in creation order, and
+    per vcore (start, end, state); open ones end at the run's end (its run_end record), which is returned too.
+
+    A uthread's exited state is not a span (its life ends there); zero-length spans are left out.
+    """
+    records = trace.records
+    end = next((r.t for r in reversed(records) if r.kind == "run_end"), max((r.t for r in records), default=0))
+    uths: dict[str, list[tuple]] = {}
+    open_uth: dict[str, tuple] = {}  # name -> (since, state, cause, vcore)
+    vcores: dict[int, list[tuple]] = {}
+    open_vc: dict[int, tuple] = {}  # vcore -> (since, state)
+    nvcores = trace.header.get("vcores", 0)
+    for vc in range(nvcores if isinstance(nvcores, int) else 0):
+        vcores[vc], open_vc[vc] = [], (0, "offline")
+    for rec in records:
+        if rec.kind == "uthread_state":
+            name = rec.uth
+            was = open_uth.get(name)
+            if was is None:
+                uths.setdefault(name, [])
+            elif rec.t != was[0]:  # (a negative span is a causality bug: kept, for checkers to see)
+                uths[name].append((was[0], rec.t, *was[1:]))
+            state = rec.get("state")
+            if state == EXITED:
+                open_uth.pop(name, None)
+            else:
+                open_uth[name] = (rec.t, state, rec.get("cause", ""), rec.vc)
+        elif rec.kind in _VCORE_RECORDS:
+            vcores.setdefault(rec.vc, [])
+            since, state = open_vc.get(rec.vc, (0, "offline"))
+            if rec.t != since:
+                vcores[rec.vc].append((since, rec.t, state))
+            open_vc[rec.vc] = (rec.t, _VCORE_RECORDS[rec.kind])
+    for name, (since, *rest) in open_uth.items():
+        if end > since:
+            uths[name].append((since, end, *rest))
+    for vc, (since, state) in open_vc.items():
+        if end > since:
+            vcores[vc].append((since, end, state))
+    return uths, dict(sorted(vcores.items())), end

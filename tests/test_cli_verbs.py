@@ -184,8 +184,9 @@ def test_export_draws_one_track_per_vcore_with_uthread_slices_and_preemptions(tm
     """vcore_preemption: a track per vcore (and the kernel's), an X slice per uthread run, instants for preemptions."""
     records, doc = export("scenarios/vcore_preemption.toml", tmp_path)
     events = doc["traceEvents"]
-    tracks = [(e["tid"], e["args"]["name"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"]
-    assert tracks == [(0, "vcore 0"), (1, "vcore 1"), (10_000, "kernel")]
+    tracks = [(e["pid"], e["tid"], e["args"]["name"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"]
+    assert tracks == [(1, 0, "vcore 0"), (1, 1, "vcore 1"), (1, 10_000, "kernel"), (2, 1, "a"), (2, 2, "b"),
+                      (2, 3, "c")]  # fmt: skip
     assert sorted({r["vc"] for r in records if r["vc"] >= 0}) == [0, 1]
 
     # A uthread slice starts at each `run` record, on that record's vcore, and is named after the uthread.
@@ -193,7 +194,8 @@ def test_export_draws_one_track_per_vcore_with_uthread_slices_and_preemptions(tm
     assert slices == [(r["t"] / 1000, r["vc"], r["uth"]) for r in records if r["kind"] == "run"]
     assert {name for _, _, name in slices} == {"a", "b", "c"}
     for vc in (0, 1):  # slices on one track never overlap
-        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["ph"] == "X" and e["tid"] == vc)
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                       if e["ph"] == "X" and e["pid"] == 1 and e["tid"] == vc)  # fmt: skip
         assert all(end <= nxt + 1e-9 for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False)), spans
 
     preemption = ("preempt", "preempt_warn", "preempt_recover")
