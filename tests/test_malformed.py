@@ -115,7 +115,10 @@ CASES = [
          "injections[0].when", "unknown key (allowed: at_ns, at_insns, thread, preempt, syscall_latency, "
          "tick_storm, unmap, protect, map, signal, warning_ns, duration_ns)"),
     Case("unknown key in expect", add("retval = 3\n"), "expect.retval", "unknown key (allowed: end, exit_status, "
-         "console, console_contains, report_contains, retvals, counts, registers, memory, order)"),
+         "console, console_contains, report_contains, retvals, counts, registers, memory, order, schedule)"),
+    Case("unknown key in expect.schedule", add("\n[expect.schedule]\nordr = []\n"), "expect.schedule.ordr",
+         "unknown key (allowed: end, exit_status, console, console_contains, report_contains, retvals, counts, "
+         "registers, memory, order)"),
     Case("unknown key in expect.memory", add('\n[[expect.memory]]\nsymbol = "main:counter"\nvalue = 0\nwidth = 4\n'),
          "expect.memory[0].width", "unknown key (allowed: symbol, addr, offset, size, value)"),
     Case("unknown key in expect.registers", add('\n[[expect.registers]]\nthead = "w0"\nrax = 100\n'),

@@ -134,6 +134,9 @@ class Expectations:
     registers: tuple[RegisterExpect, ...] = ()
     memory: tuple[MemoryExpect, ...] = ()
     order: tuple[OrderExpect, ...] = ()
+    # `[expect.schedule]`: what this scenario's own 2LS's schedule shows (counts of blocks, orders), checked
+    # under that 2LS only; the rest are invariants, which any correct 2LS must keep (akaros_sim.testing)
+    schedule: Expectations | None = None
 
 
 @attrs.frozen
@@ -160,7 +163,13 @@ def load_expect(top: TableReader, threads: set[str], symbol_addr) -> Expectation
     Raises:
         ScenarioError: naming the key at fault.
     """
-    r = top.sub("expect", _EXPECT_KEYS, {})
+    r = top.sub("expect", (*_EXPECT_KEYS, "schedule"), {})
+    schedule = r.sub("schedule", _EXPECT_KEYS, None)
+    return attrs.evolve(_read(r, threads, symbol_addr),
+                        schedule=_read(schedule, threads, symbol_addr) if schedule is not None else None)  # fmt: skip
+
+
+def _read(r: TableReader, threads: set[str], symbol_addr) -> Expectations:
     end = r.get("end", (str,), None)
     ends = [e.name.lower() for e in RunEnd]
     if end is not None and end not in ends:
@@ -288,8 +297,16 @@ def parse_matcher(r: TableReader, key: str, text: str) -> Matcher:
 # -- checking ----------------------------------------------------------------------------------------------
 
 
-def check_expectations(exp: Expectations, sim, result) -> list[Check]:
-    """Every expectation against a finished run (a Simulation and its RunResult), in format order."""
+def check_expectations(exp: Expectations, sim, result, schedule: bool = True) -> list[Check]:
+    """Every expectation against a finished run (a Simulation and its RunResult), in format order; the
+    `[expect.schedule]` ones last, named `schedule.…` (left out with schedule=False: the invariants only)."""
+    checks = _check(exp, sim, result)
+    if schedule and exp.schedule is not None:
+        checks += [attrs.evolve(c, name=f"schedule.{c.name}") for c in _check(exp.schedule, sim, result)]
+    return checks
+
+
+def _check(exp: Expectations, sim, result) -> list[Check]:
     checks: list[Check] = []
     if exp.end is not None:
         got = result.end.name.lower()

@@ -127,7 +127,8 @@ def replay(trace: Trace):
         else:  # a trace from before scenarios carried their files: they must still be where they were
             where = header["scenario_path"]
         try:
-            scenario = load_scenario_text(header["scenario_text"], where)
+            overrides = [tuple(pair) for pair in header.get("overrides", ())]  # --sched / --set of the run
+            scenario = load_scenario_text(header["scenario_text"], where, overrides)
         except ScenarioError as exc:
             raise ReplayError(f"the recorded scenario does not load any more: {exc}") from None
         scenario = _attrs.evolve(scenario, seed=header["seed"])

@@ -112,6 +112,7 @@ __all__ = [
     "build",
     "load_scenario",
     "load_scenario_text",
+    "parse_overrides",
     "run_scenario",
 ]
 
@@ -223,6 +224,7 @@ class Scenario:
     stall_ns: int = DEFAULT_STALL_NS  # the contract checker's watchdog limit
     expect: Expectations = Expectations()
     text: str = attrs.field(default="", repr=False)  # the file as read (a trace header carries it)
+    overrides: tuple[tuple[str, object], ...] = ()  # --sched / --set, applied over the text (a header carries them)
     files: tuple = attrs.field(default=(), repr=False)  # (relative path, bytes) of every file it loads
 
 
@@ -250,11 +252,12 @@ _TOP_KEYS = (
 )  # fmt: skip
 
 
-def load_scenario(path) -> Scenario:
+def load_scenario(path, overrides=()) -> Scenario:
     """Read and validate a scenario file.
 
     Args:
         path: the TOML file; relative paths inside it are relative to its directory.
+        overrides: (dotted key, value) pairs set over the file's tables (parse_overrides).
 
     Returns:
         A frozen Scenario (programs assembled, Python references imported).
@@ -272,13 +275,57 @@ def load_scenario(path) -> Scenario:
         raise ScenarioError(f"{file}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ScenarioError(f"{file}: not UTF-8 text: {exc.reason}") from None
-    return load_scenario_text(text, path)
+    return load_scenario_text(text, path, overrides)
 
 
-def load_scenario_text(text: str, path) -> Scenario:
-    """Validate scenario text as if it were the file `path` (relative references resolve there).
+# Short forms of an override's first key part.
+_OVERRIDE_ALIASES = {"vcores": "machine.vcores", "seed": "machine.seed", "costs": "machine.costs",
+                     "sched": "scheduler.name", "until_ns": "run.until_ns"}  # fmt: skip
 
-    This is how a trace replays: its header carries the scenario's text and path.
+
+def parse_overrides(items, sched: str | None = None) -> tuple[tuple[str, object], ...]:
+    """`--sched NAME` and `--set KEY=VALUE` as override pairs, the 2LS first.
+
+    KEY is a dotted path into the scenario's tables (`machine.vcores`,
+    `machine.costs.insn_ns`, `scheduler.params.tick_ns`, `run.until_ns`; the
+    short forms `vcores`, `seed`, `costs.X`, `sched`, `until_ns` work too).
+    VALUE is read as a TOML value; a bare word is a string.
+    """
+    out: list[tuple[str, object]] = [("scheduler.name", sched)] if sched is not None else []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(_NAME.match(part) for part in key.split(".")):
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY such as machine.vcores=4")
+        head, _, rest = key.partition(".")
+        key = _OVERRIDE_ALIASES.get(head, head) + (f".{rest}" if rest else "")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out.append((key, value))
+    return tuple(out)
+
+
+def _apply_overrides(data: dict, overrides, file: str) -> None:
+    """Set each (dotted key, value) in the parsed scenario; a new 2LS name drops the old 2LS's params."""
+    for key, value in overrides:
+        *tables, last = key.split(".")
+        node = data
+        for i, part in enumerate(tables):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ScenarioError(f"{file}: override {key}: {'.'.join(tables[: i + 1])} is not a table")
+        if key == "scheduler.name" and node.get("name", DEFAULT_SCHEDULER) != value:
+            node.pop("params", None)  # another 2LS's params are not this one's
+        node[last] = value
+
+
+def load_scenario_text(text: str, path, overrides=()) -> Scenario:
+    """Validate scenario text as if it were the file `path` (relative references resolve there),
+    with `overrides` set over its tables.
+
+    This is how a trace replays: its header carries the scenario's text, path and overrides.
     """
     path = Path(path)
     file = str(path)
@@ -286,6 +333,8 @@ def load_scenario_text(text: str, path) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{file}: invalid TOML: {one_line(exc)}") from None
+    overrides = tuple((k, freeze(v)) for k, v in overrides)
+    _apply_overrides(data, [(k, _thaw(v)) for k, v in overrides], file)
     top = TableReader(file, "", data, _TOP_KEYS)
     description = top.get("description", (str,))
     if not description.strip() or "\n" in description.strip():
@@ -335,7 +384,7 @@ def load_scenario_text(text: str, path) -> Scenario:
         path=path, description=description.strip(), vcores=vcores, seed=seed, costs=costs, scheduler=sched_name,
         sched_factory=factory, sched_params=sched_params, programs=tuple(programs), mappings=tuple(mappings),
         threads=tuple(threads), injections=tuple(injections), handlers=tuple(handlers), ras=tuple(ras),
-        until_ns=until_ns, max_insns=max_insns, stall_ns=stall_ns, expect=expect, text=text,
+        until_ns=until_ns, max_insns=max_insns, stall_ns=stall_ns, expect=expect, text=text, overrides=overrides,
         files=_referenced_files(data, ref, path.parent),
     )  # fmt: skip
 
@@ -786,6 +835,8 @@ def build(scenario: Scenario, trace: bool = True) -> Simulation:
         "version": __version__, "seed": scenario.seed, "vcores": scenario.vcores, "scenario": scenario.path.name,
         "scenario_text": scenario.text, "sched": scenario.scheduler,
     }  # fmt: skip
+    if scenario.overrides:
+        header["overrides"] = [[k, _thaw(v)] for k, v in scenario.overrides]
     if scenario.files:  # what the scenario loads rides along, so the trace replays anywhere
         header["scenario_files"] = {name: _embed(data) for name, data in scenario.files}
     sim = Simulation(scenario.vcores, seed=scenario.seed, costs=scenario.costs,
