@@ -347,3 +347,29 @@ def test_run_json_to_an_unwritable_path_fails_before_the_run(tmp_path, capsys, m
     bad = str(tmp_path / "missing" / "m.json")
     assert main(["run", "scenarios/pthread_basics.toml", "--json", bad]) == 2
     assert capsys.readouterr().err.startswith(f"akaros-sim: cannot write {bad}: ")
+
+
+def test_run_by_name_under_another_2ls_and_machine_and_replay_runs_the_same(tmp_path, capsys, monkeypatch):
+    """`run NAME --sched --set`: a shipped scenario by name, another 2LS and vcore count; the trace replays."""
+    monkeypatch.chdir(tmp_path)  # no scenarios/ here: the name is found among the shipped ones
+    trace = str(tmp_path / "t.jsonl")
+    status = main(["run", "pthread_basics", "--sched", "roundrobin", "--set", "vcores=2", "--set", "costs.insn_ns=2",
+                   "--trace", trace])  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 1  # pthread's own schedule counts do not hold under roundrobin on 2 vcores ...
+    failed = [line.split()[1] for line in out.splitlines() if line.startswith("  FAIL ")]
+    assert failed and all(name.startswith("schedule.") for name in failed)  # ... but every invariant does
+    assert "  vcore    busy  uthread  switches  preemptions" in out and "\n      1 " in out and "\n      2 " not in out
+    header = json.loads(Path(trace).read_text().splitlines()[0])
+    assert header["overrides"] == [["scheduler.name", "roundrobin"], ["machine.vcores", 2], ["machine.costs.insn_ns", 2]]
+    assert main(["replay", trace]) == 0
+
+
+def test_run_rejects_a_bad_override_naming_it(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "scenarios/pthread_basics.toml", "--set", "machine.vcores=0"]) == 2
+    assert "machine.vcores" in capsys.readouterr().err
+    assert main(["run", "scenarios/pthread_basics.toml", "--set", "vcores"]) == 2
+    assert "--set 'vcores': expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["run", "no_such_scenario"]) == 2
+    assert "no_such_scenario" in capsys.readouterr().err

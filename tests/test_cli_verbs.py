@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))
-VERBS = ("machine", "run", "replay", "diff", "export", "explain", "list")
+VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "list")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -261,7 +261,7 @@ def test_list_prints_every_shipped_scenario_with_its_description():
     described = [(p.stem, tomllib.loads(p.read_text(encoding="utf-8"))["description"]) for p in SHIPPED]
     assert [tuple(line.split(None, 1)) for line in out[: len(SHIPPED)]] == described
     assert out[len(SHIPPED) :] == [
-        "", f"{len(SHIPPED)} scenarios in {SCENARIOS}; run one with: akaros-sim run {SCENARIOS}/NAME.toml",
+        "", f"{len(SHIPPED)} scenarios in {SCENARIOS}; run one with: akaros-sim run NAME",
     ]  # fmt: skip
 
 
@@ -272,6 +272,7 @@ HELP = {
     "diff": "Compare traces A and B record by record;",
     "export": "Convert a JSONL trace to Chrome trace-event JSON:",
     "explain": "Run SCENARIO (or read a .jsonl trace) and narrate every step:",
+    "report": "Read a JSONL trace (or run a scenario .toml) and write one HTML file that needs no network:",
     "list": "List the scenarios in scenarios/ with their one-line descriptions.",
 }
 

@@ -28,6 +28,7 @@ from akaros_sim.kernel import SYS_exit as SYS_EXIT
 from akaros_sim.kernel import SYS_write as SYS_WRITE
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, MemError, Prot
 from akaros_sim.tools.metrics_table import format_metrics, write_json
+from akaros_sim.tools.shipped import find_scenario, shipped_scenarios
 
 # Where `machine` puts the stack and the lazily backed heap.
 STACK_TOP = 0x7FF0_0000_0000
@@ -134,10 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a scenario, print the summary, return 0 if every expectation holds, 1 if not, 2 if it is invalid."""
     import attrs
 
-    from akaros_sim.tools.scenario import ScenarioError, load_scenario, run_scenario
+    from akaros_sim.tools.scenario import ScenarioError, load_scenario, parse_overrides, run_scenario
 
     try:
-        scenario = load_scenario(args.scenario)
+        scenario = load_scenario(find_scenario(args.scenario), parse_overrides(args.set, args.sched))
         if args.seed is not None:
             scenario = attrs.evolve(scenario, seed=args.seed)
         for path in (args.trace, args.json):
@@ -398,21 +399,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def shipped_scenarios() -> list:
-    """The scenarios shipped beside the package (a source checkout), by name."""
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parents[2] / "scenarios"
-    return sorted(here.glob("*.toml")) if here.is_dir() else []
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     """List the shipped scenarios with their one-line descriptions."""
     import tomllib
 
     paths = shipped_scenarios()
     if not paths:
-        return _fail("no scenarios/ directory next to the package (install from a source checkout)")
+        return _fail("no shipped scenarios found (the package akaros_sim.scenarios is missing: reinstall akaros-sim)")
     width = max(len(p.stem) for p in paths)
     for path in paths:
         try:
@@ -420,7 +413,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         except (OSError, tomllib.TOMLDecodeError):
             desc = "(unreadable)"
         print(f"{path.stem:<{width}}  {desc}")
-    print(f"\n{len(paths)} scenarios in {paths[0].parent}; run one with: akaros-sim run {paths[0].parent}/NAME.toml")
+    print(f"\n{len(paths)} scenarios in {paths[0].parent}; run one with: akaros-sim run NAME")
     return 0
 
 
@@ -490,7 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
             "expectation holds, 1 if one fails, 2 if the scenario is invalid (one line on stderr)."
         ),
     )
-    run.add_argument("scenario", help="the scenario file (.toml)")
+    run.add_argument("scenario", help="the scenario file (.toml), or the name of a shipped one (akaros-sim list)")
+    run.add_argument("--sched", metavar="NAME", help="run under this 2LS instead of the scenario's (a built-in "
+                     "name, or module:attr / file.py:attr); its [scheduler] params are dropped")  # fmt: skip
+    run.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                     help="override a scenario key, e.g. machine.vcores=4, costs.insn_ns=2, scheduler.params.tick_ns=5000 "
+                          "(repeatable; docs/scenarios.md, Overrides)")  # fmt: skip
     run.add_argument("--trace", metavar="FILE", help="write the JSONL trace to FILE (whatever the outcome)")
     run.add_argument("--quiet", action="store_true", help="print only failed expectations and the verdict")
     run.add_argument("--seed", type=int, help="run with this seed instead of the scenario's")
