@@ -74,11 +74,18 @@ class SpinPdrLock:
 class UthSync:
     """uth_sync_t: a queue of blocked uthreads whose storage the 2LS's sync ops manage."""
 
-    __slots__ = ("queue", "__dict__")
+    __slots__ = ("queue", "_of", "__dict__")
 
-    def __init__(self) -> None:
+    def __init__(self, of=None) -> None:
         self.queue = None
+        self._of = of
         current_proc("UthSync").call_op("sync_init", self)
+
+    @property
+    def of(self):
+        """The Mutex or CondVar whose waiters this holds (None for a scratch one): how a 2LS's sync ops
+        learn what a waiter waits on, e.g. a mutex's `owner` for priority inheritance."""
+        return self._of
 
 
 class Mutex:
@@ -87,7 +94,7 @@ class Mutex:
     def __init__(self, name: str = "mutex") -> None:
         self.name = name
         self.count = 1
-        self.sync = UthSync()
+        self.sync = UthSync(self)
         self.owner: Uthread | None = None
         self._lock = SpinPdrLock(name)
 
@@ -146,7 +153,7 @@ class CondVar:
 
     def __init__(self, name: str = "cv") -> None:
         self.name = name
-        self.sync = UthSync()
+        self.sync = UthSync(self)
         self._waiters: list[Uthread] = []  # who waits here, for the 2LS contract (the 2LS keeps the queue)
         self._lock = SpinPdrLock(name)
 

@@ -122,6 +122,11 @@ BUILTIN_SCHEDULERS = types.MappingProxyType(
         "pthread": "schedops.pthread:PthreadSched",
         "thread0": "schedops.thread0:Thread0Sched",
         "roundrobin": "schedops.roundrobin:RoundRobinSched",
+        "worksteal": "schedops.worksteal:WorkStealSched",
+        "priority": "schedops.priority:PrioritySched",
+        "stride": "schedops.stride:StrideSched",
+        "cfs": "schedops.cfs:CfsSched",
+        "edf": "schedops.edf:EdfSched",
     }
 )
 # Guest libraries shipped with the package, by name: (module, function building the Program).
