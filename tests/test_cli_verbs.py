@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))
-VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "list")
+VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "plot", "ab", "list")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -273,6 +273,8 @@ HELP = {
     "export": "Convert a JSONL trace to Chrome trace-event JSON:",
     "explain": "Run SCENARIO (or read a .jsonl trace) and narrate every step:",
     "report": "Read a JSONL trace (or run a scenario .toml) and write one HTML file that needs no network:",
+    "plot": "draw its uthreads over virtual time: one row per uthread in creation order",
+    "ab": "Run SCENARIO under 2LS A and under 2LS B (the same injections: they are the scenario's)",
     "list": "List the scenarios in scenarios/ with their one-line descriptions.",
 }
 

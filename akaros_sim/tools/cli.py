@@ -588,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", metavar="OUT.html", required=True, help="where to write the page")
     report.set_defaults(func=cmd_report)
 
+    __import__("akaros_sim.tools.plots", fromlist=["add_parser"]).add_parser(sub, common)  # plot
+    __import__("akaros_sim.tools.ab", fromlist=["add_parser"]).add_parser(sub, common)  # ab
     lister = sub.add_parser("list", parents=[common], help="list the shipped scenarios with their descriptions",
                             description="List the scenarios in scenarios/ with their one-line descriptions.")
     lister.set_defaults(func=cmd_list)
