@@ -59,18 +59,6 @@ class UthreadTimes:
         self.run_ns = self.ready_ns = 0
         self.blocked_ns: dict[str, int] = {}
 
-    def charge(self, until: int, vcore_run: dict[int, int]) -> None:
-        """Add [since, until) to the current state's total."""
-        span = until - self.since
-        state = self.state
-        if state is RUNNING:
-            self.run_ns += span
-            vcore_run[self.vcore] = vcore_run.get(self.vcore, 0) + span
-        elif state is RUNNABLE:
-            self.ready_ns += span
-        elif state is BLOCKED:
-            self.blocked_ns[self.cause] = self.blocked_ns.get(self.cause, 0) + span
-        self.since = until
 
 
 class VcoreTimes:
@@ -92,15 +80,31 @@ class Timeline:
         self.vcores: dict[int, VcoreTimes] = {vc: VcoreTimes(vc) for vc in range(nvcores)}
         self.vcore_run: dict[int, int] = {}  # vcore -> closed running spans on it
 
-    def created(self, t: int, name: str) -> None:
-        self.uthreads[name] = UthreadTimes(name, t)
+    def created(self, t: int, name: str) -> UthreadTimes:
+        u = self.uthreads[name] = UthreadTimes(name, t)
+        return u
 
     def change(self, t: int, name: str, state: str, cause: str = "", vcore: int = -1) -> bool:
         """name is now in `state` (and `cause`, if blocked); False if it already was."""
         u = self.uthreads[name]
         if u.state is state and u.cause == cause:
             return False
-        u.charge(t, self.vcore_run)
+        self.move(u, t, state, cause, vcore)
+        return True
+
+    def move(self, u: UthreadTimes, t: int, state: str, cause: str, vcore: int) -> None:
+        """u leaves its state for `state` at t (the caller saw that it changes).  Process.set_uth_state
+        does the same inline on the runtime's hot path; tests/test_metrics.py checks the two agree."""
+        span = t - u.since
+        old = u.state
+        if old is RUNNING:
+            u.run_ns += span
+            self.vcore_run[u.vcore] = self.vcore_run.get(u.vcore, 0) + span
+        elif old is RUNNABLE:
+            u.ready_ns += span
+        elif old is BLOCKED:
+            u.blocked_ns[u.cause] = u.blocked_ns.get(u.cause, 0) + span
+        u.since = t
         u.state, u.cause = state, cause
         if state is RUNNING:
             u.runs += 1
@@ -114,7 +118,6 @@ class Timeline:
                 u.faults += 1
         elif state is EXITED:
             u.exited = t
-        return True
 
     def cause_of(self, name: str) -> str:
         return self.uthreads[name].cause

@@ -137,7 +137,7 @@ class Uthread:
     __slots__ = (
         "entry", "name", "kind", "id", "_state", "done", "flags", "sysc", "join_state", "joiner", "join_kref",
         "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "tls_vcore", "sig_pending",
-        "sigdata", "interrupted", "greenlet", "vcore", "insns", "waits_for", "waiting_since", "runnable_at",
+        "sigdata", "interrupted", "greenlet", "vcore", "insns", "waits_for", "waiting_since", "runnable_at", "times",
         "__dict__",
     )  # fmt: skip
 
@@ -176,6 +176,7 @@ class Uthread:
         # the 2LS contract (the runtime's own view, whatever the 2LS keeps): what it waits for, if
         # anything (None: running, or handed to the 2LS to run), and since which trace record
         self.waits_for: str | None = None
+        self.times = None  # its timeline.UthreadTimes, from its registration on
         self.waiting_since = 0
         self.runnable_at = 0  # the virtual time it last became the 2LS's to run (the stall watchdog)
 

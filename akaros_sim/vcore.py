@@ -25,8 +25,9 @@ from akaros_sim.timeline import BLOCKED
 from akaros_sim.uthread import UthFlag, uthread_pause
 
 _DONT_MIGRATE = int(UthFlag.DONT_MIGRATE)
-# What a uthread waits for once vcore context starts in its place (timeline.CAUSES).
-_LEAVING = {Entry.YIELD: "yield", Entry.FAULT: "fault", Entry.NOTIFY: "interrupt"}
+# What a uthread waits for once vcore context starts in its place (timeline.CAUSES); by identity, since
+# hashing an enum member is a Python-level call on this hot path.
+_LEAVING = ((Entry.YIELD, "yield"), (Entry.FAULT, "fault"), (Entry.NOTIFY, "interrupt"))
 
 
 def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
@@ -34,9 +35,10 @@ def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
     from the top of the pass, so a switch to a uthread unwinds as few frames as it can."""
     cur = vc.current_uthread
     if cur is not None and not restarted:
-        cause = _LEAVING.get(entry)
-        if cause is not None:  # its context just left the vcore
-            proc.set_uth_state(cur, BLOCKED, cause, vc)
+        for why, cause in _LEAVING:
+            if entry is why:  # its context just left the vcore
+                proc.set_uth_state(cur, BLOCKED, cause, vc)
+                break
     proc.engine.advance(proc.costs.vcore_entry_ns)
     record = proc.record
     if record is not None and not restarted:
