@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))
-VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "plot", "ab", "list")
+VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "plot", "ab", "sweep", "list")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -275,6 +275,7 @@ HELP = {
     "report": "Read a JSONL trace (or run a scenario .toml) and write one HTML file that needs no network:",
     "plot": "draw its uthreads over virtual time: one row per uthread in creation order",
     "ab": "Run SCENARIO under 2LS A and under 2LS B (the same injections: they are the scenario's)",
+    "sweep": "Run every combination of SCENARIOs, 2LSes (--sched, repeatable), the values of each --set",
     "list": "List the scenarios in scenarios/ with their one-line descriptions.",
 }
 

@@ -102,6 +102,7 @@ from akaros_sim.tools.expect import Check, Expectations, check_expectations, loa
 from akaros_sim.tools.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
 from akaros_sim.trace import Trace
 from akaros_sim.uthread import UthreadEntry
+from akaros_sim.workloads import WorkloadError, expand_workloads
 
 __all__ = [
     "BUILTIN_SCHEDULERS",
@@ -340,6 +341,10 @@ def load_scenario_text(text: str, path, overrides=()) -> Scenario:
         raise ScenarioError(f"{file}: invalid TOML: {one_line(exc)}") from None
     overrides = tuple((k, freeze(v)) for k, v in overrides)
     _apply_overrides(data, [(k, _thaw(v)) for k, v in overrides], file)
+    try:  # [[workloads]] stand for drivers in [[threads]], a program and mappings (akaros_sim/workloads.py)
+        expand_workloads(data)
+    except WorkloadError as exc:
+        raise ScenarioError(f"{file}: {exc}") from None
     top = TableReader(file, "", data, _TOP_KEYS)
     description = top.get("description", (str,))
     if not description.strip() or "\n" in description.strip():
