@@ -170,7 +170,7 @@ CASES = [
          "threads[1].python", "'job.py' has no attribute 'nojob'"),
     # -- scheduler --
     Case("unknown scheduler", add('\n[scheduler]\nname = "fifo"\n'), "scheduler.name",
-         "unknown 2LS 'fifo' (expected one of pthread, thread0, roundrobin, worksteal, priority, stride, cfs, edf, 'module:attr' or 'file.py:attr')"),
+         "unknown 2LS 'fifo' (expected one of pthread, thread0, roundrobin, worksteal, priority, stride, cfs, edf, lottery, 'module:attr' or 'file.py:attr')"),
     Case("scheduler params rejected", add('\n[scheduler]\nname = "pthread"\n[scheduler.params]\nquantum = 5\n'),
          "scheduler.params", "'pthread' rejects them: pthread 2LS: unknown parameter(s) quantum (it takes none)"),
     # -- injections --

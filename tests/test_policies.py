@@ -18,12 +18,13 @@ from akaros_sim.testing import general_scenarios, run_under
 from akaros_sim.tools.scenario import BUILTIN_SCHEDULERS, ScenarioError, build, load_scenario_text
 from schedops.cfs import CfsSched, nice_to_weight
 from schedops.edf import EdfSched
+from schedops.lottery import LotterySched
 from schedops.priority import PrioritySched
 from schedops.roundrobin import RoundRobinSched
 from schedops.stride import StrideSched
 from schedops.worksteal import WorkStealSched
 
-NEW_POLICIES = ("worksteal", "priority", "stride", "cfs", "edf")
+NEW_POLICIES = ("worksteal", "priority", "stride", "lottery", "cfs", "edf")
 
 
 def _hog() -> None:
@@ -49,6 +50,29 @@ def test_stride_gives_run_time_in_proportion_to_tickets():
     shares = _shares(StrideSched(tickets={"a": 3, "b": 2, "c": 1}), "abc")
     for name, tickets in (("a", 3), ("b", 2), ("c", 1)):
         assert shares[name] == pytest.approx(tickets / 6, rel=0.02), shares
+
+
+# -- lottery ----------------------------------------------------------------------------------------------
+
+
+def test_lottery_gives_run_time_in_proportion_to_tickets_in_expectation():
+    """Over 2,000 draws (20 ms, 10 us ticks) the shares are near the ticket ratios, not exactly them."""
+    shares = _shares(LotterySched(tickets={"a": 3, "b": 2, "c": 1}), "abc")
+    for name, tickets in (("a", 3), ("b", 2), ("c", 1)):
+        assert shares[name] == pytest.approx(tickets / 6, abs=0.04), shares
+    assert shares != _shares(StrideSched(tickets={"a": 3, "b": 2, "c": 1}), "abc")  # draws, not strides
+
+
+def test_lottery_draws_from_the_seeded_rng():
+    def order(seed):
+        sim = Simulation(1, seed=seed)
+        sim.set_sched(LotterySched())
+        for name in "abcdef":
+            sim.spawn_python(name, lambda: parlib.compute(1000))
+        sim.run()
+        return [r.uth for r in sim.trace.of_kind("run")]
+
+    assert order(1) == order(1) and order(1) != order(2)
 
 
 # -- cfs --------------------------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ BUILTIN_SCHEDULERS = types.MappingProxyType(
         "stride": "schedops.stride:StrideSched",
         "cfs": "schedops.cfs:CfsSched",
         "edf": "schedops.edf:EdfSched",
+        "lottery": "schedops.lottery:LotterySched",
     }
 )
 # Guest libraries shipped with the package, by name: (module, function building the Program).
