@@ -19,12 +19,11 @@ Kinds (docs/experiments.md has every parameter):
 A workload is one **driver** uthread, named after the workload, plus its
 workers, named ``NAME.0``, ``NAME.1``... (``NAME.R.I`` for fork-join tasks,
 ``NAME.pI`` / ``NAME.cI`` for producers and consumers).  For cpu, io, mutex and
-faults the workers arrive at exact virtual times: the driver schedules one
-kernel event per arrival (an `inject` record, ``arrival NAME.I``) that creates
-the worker from kernel context, so arrivals do not depend on the 2LS; the
-driver sleeps until the last arrival, then joins every worker and returns a
-count (its exit value, for `retvals`).  Producers and the fork-join driver
-sleep between their arrivals themselves.
+faults the driver sleeps until each arrival time and creates that worker
+(as a program's main thread calls pthread_create: the kernel makes no
+uthreads), so an arrival is late only if the 2LS runs the driver late; then
+it joins every worker and returns a count (its exit value, for `retvals`).
+Producers and the fork-join driver sleep between their arrivals the same way.
 
 Everything random is drawn before the run from `random.Random` streams keyed by
 the seed (arrivals, sizes and latencies each their own stream, so changing a
@@ -40,7 +39,6 @@ guest program and the mappings they need (`expand_workloads`).
 
 from __future__ import annotations
 
-import functools
 import random
 import types
 from collections import deque
@@ -232,11 +230,10 @@ def drive(spec) -> int:
     made: list = []
     shared = _shared(wl)
     for i, at in enumerate(wl.arrivals):
-        arrive = functools.partial(_arrive, made, _entry(wl, i, shared, sim))
-        # a greenlet of the simulation, outside any vcore: parlib's uthread_create works there
-        sim.at(t0 + at, f"arrival {wl.name}.{i}", sim.engine.run_setup, arrive)
-    while len(made) < wl.n:  # alive until every worker has arrived (a run ends when no uthread is left)
-        uthread_sleep(max(1, t0 + wl.arrivals[len(made)] - sim.now()))
+        # the driver makes each worker when it arrives, as a program does (pthread_create): the kernel
+        # makes no uthreads, and a 2LS that runs the driver late delays the arrivals, as it would
+        _sleep_until(t0 + at)
+        made.append(uthread_create(_entry(wl, i, shared, sim)))
     results = [uthread_join(u) for u in made]
     total = len(results) if wl.kind == "cpu" else sum(results)  # cpu: workers; io: bursts; mutex: increments; faults: pages
     if wl.kind == "mutex" and total != shared[1][0]:
@@ -248,10 +245,6 @@ def _plain(value):
     if isinstance(value, types.MappingProxyType):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def _arrive(made: list, entry: UthreadEntry) -> None:
-    made.append(uthread_create(entry))
 
 
 def _shared(wl: Workload):

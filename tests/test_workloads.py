@@ -96,11 +96,13 @@ def test_prodcons_consumes_every_item():
 
 @pytest.mark.parametrize("dist", ["fixed", "uniform", "exponential"])
 def test_arrivals_are_spaced_as_planned(dist):
-    """Workers are created exactly at the planned arrival times after the driver starts (kernel events)."""
-    sim, result, wl = run("cpu", n=8, arrival=dist, arrival_ns=3_000, size_ns=1_000)
+    """The driver creates each worker once its planned arrival time has come: never early, and late only by
+    the wake-up path (its sleep's completion event, a vcore grant) when the 2LS runs it at once."""
+    sim, result, wl = run("cpu", vcores=4, n=8, arrival=dist, arrival_ns=3_000, size_ns=1_000)
     created = [u.created_ns for u in workers(result, wl)]
     t0 = created[0]
-    assert [c - t0 for c in created] == list(wl.arrivals)
+    late = [c - t0 - at for c, at in zip(created, wl.arrivals, strict=True)]
+    assert all(0 <= x <= 5_000 for x in late), late
     gaps = [b - a for a, b in zip(wl.arrivals, wl.arrivals[1:], strict=False)]
     if dist == "fixed":
         assert gaps == [3_000] * 7
