@@ -125,3 +125,18 @@ def test_a_timeline_change_to_the_same_state_is_not_a_change():
     assert t.change(30, "u", "blocked", "mutex") is True and t.change(40, "u", "blocked", "cv") is True
     m = compute_metrics(t, 50)
     assert (m.uthreads[0].run_ns, m.uthreads[0].blocked_ns, m.uthreads[0].ready_wait_ns) == (20, {"mutex": 10, "cv": 10}, 10)
+
+
+def test_faults_signals_and_migrations_count_what_the_trace_shows():
+    """unmap_under_a_uthread: summer takes 2 faults, each a SIGSEGV handler; vcore_preemption: a stolen uthread
+    migrates once for each time it runs on another vcore than the last (worked out from its `run` records)."""
+    sim = build(load_scenario(SHIPPED[0].parent / "unmap_under_a_uthread.toml"))
+    summer = sim.run().metrics.uthread("summer")
+    assert (summer.faults, summer.signals) == (2, 2) == (len(sim.trace.of_kind("fault")), len(sim.trace.of_kind("signal")))
+    sim = build(load_scenario(SHIPPED[0].parent / "vcore_preemption.toml"))
+    metrics = sim.run().metrics
+    for u in metrics.uthreads:
+        vcores = [r.vc for r in sim.trace.of_kind("run") if r.uth == u.name]
+        assert u.switches == len(vcores)
+        assert u.migrations == sum(1 for a, b in zip(vcores, vcores[1:], strict=False) if a != b), u.name
+    assert sum(u.migrations for u in metrics.uthreads) == 2  # a and b, each stolen once

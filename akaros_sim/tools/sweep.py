@@ -352,7 +352,7 @@ class _Progress:
     def __init__(self, total: int, done: int) -> None:
         self.total, self.done = total, done
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and importlib.util.find_spec("rich") is not None:  # rich: the experiments extra
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
@@ -418,7 +418,7 @@ def format_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _print_summary(head, rows) -> None:
     title = "mean ± 95% confidence interval over seeds (t distribution)"
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and importlib.util.find_spec("rich") is not None:
         from rich.console import Console
         from rich.table import Table
 
