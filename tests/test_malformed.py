@@ -108,11 +108,11 @@ CASES = [
     Case("unknown key in scheduler", add('\n[scheduler]\nname = "pthread"\nquantum = 5\n'), "scheduler.quantum",
          "unknown key (allowed: name, params)"),
     Case("unknown key in programs", sub('name = "main"\n', 'name = "main"\norigin = 0x400000\n'),
-         "programs[0].origin", "unknown key (allowed: name, base, source, file, elf, library)"),
+         "programs[0].origin", "unknown key (allowed: name, base, source, file, elf, library, c, cflags)"),
     Case("unknown key in threads", sub('entry = "worker"', 'entry = "worker"\nstack = 4096'), "threads[0].stack",
          "unknown key (allowed: name, program, entry, python, args, detached)"),
-    Case("unknown key in injections", add("\n[[injections]]\nat_ns = 10\npreempt = 1\nwhen = 3\n"),
-         "injections[0].when", "unknown key (allowed: at_ns, at_insns, thread, preempt, syscall_latency, "
+    Case("unknown key in injections", add("\n[[injections]]\nat_ns = 10\npreempt = 1\nlater = 3\n"),
+         "injections[0].later", "unknown key (allowed: at_ns, at_insns, thread, when, preempt, syscall_latency, "
          "tick_storm, unmap, protect, map, signal, warning_ns, duration_ns)"),
     Case("unknown key in expect", add("retval = 3\n"), "expect.retval", "unknown key (allowed: end, exit_status, "
          "console, console_contains, report_contains, retvals, counts, registers, memory, order, schedule)"),

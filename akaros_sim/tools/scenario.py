@@ -95,9 +95,13 @@ from akaros_sim.elf import ElfError, load_elf
 from akaros_sim.engine import Costs
 from akaros_sim.kernel import SYSCALL_NAMES
 from akaros_sim.memory import PAGE_SIZE, USER_MIN, USER_TOP, MemError, Prot
+from akaros_sim.points import PointError, normalize
 from akaros_sim.process import DEFAULT_STALL_NS, MAX_STALL_NS
 from akaros_sim.program import Program
 from akaros_sim.simulation import MAX_VCORES, RunResult, Simulation, SimulationError
+from akaros_sim.toolchain import ToolchainError, check_cflags
+from akaros_sim.toolchain import build as build_c
+from akaros_sim.toolchain import inputs as c_inputs
 from akaros_sim.tools.expect import Check, Expectations, check_expectations, load_expect
 from akaros_sim.tools.tomlcheck import ScenarioError, TableReader, describe, freeze, one_line
 from akaros_sim.trace import Trace
@@ -423,6 +427,8 @@ def _referenced_files(data: dict, sched_ref: str, base_dir: Path) -> tuple[tuple
     names = set()
     for prog in data.get("programs", ()):
         names.update(prog[key] for key in ("file", "elf") if key in prog)
+        if "c" in prog:  # the sources and the headers beside them, as the build read them
+            names.update(os.path.relpath(f, base_dir) for f in c_inputs([base_dir / s for s in prog["c"]]))
     refs = [sched_ref] + [t.get("python", "") for t in data.get("threads", ())]
     refs += [h.get("python", "") for h in data.get("handlers", ())]
     names.update(f for f in map(_file_of, refs) if f)
@@ -441,14 +447,19 @@ def _load_costs(reader: TableReader) -> Costs:
 
 def _load_programs(top: TableReader, base_dir: Path) -> list[ProgramSpec]:
     programs: list[ProgramSpec] = []
-    for index, r in enumerate(top.tables("programs", ("name", "base", "source", "file", "elf", "library"))):
+    keys = ("name", "base", "source", "file", "elf", "library", "c", "cflags")
+    for index, r in enumerate(top.tables("programs", keys)):
         name = _name(r, "name")
         if name in {p.name for p in programs}:
             raise r.error("name", f"duplicate program name {name!r}")
-        given = [k for k in ("source", "file", "elf", "library") if r.has(k)]
+        given = [k for k in ("source", "file", "elf", "library", "c") if r.has(k)]
         if len(given) != 1:
-            raise r.error("", f"expected exactly one of source, file, elf, library; got {', '.join(given) or 'none'}")
-        if given[0] == "library":
+            raise r.error("", f"expected exactly one of source, file, elf, library, c; got {', '.join(given) or 'none'}")
+        if r.has("cflags") and given[0] != "c":
+            raise r.error("cflags", "allowed only with c")
+        if given[0] == "c":
+            program = _load_c(r, name, base_dir)
+        elif given[0] == "library":
             lib = r.get("library", (str,))
             if lib not in LIBRARIES:
                 raise r.error("library", f"unknown library {lib!r} (expected one of {', '.join(LIBRARIES)})")
@@ -483,6 +494,30 @@ def _load_programs(top: TableReader, base_dir: Path) -> list[ProgramSpec]:
                 raise r.error(given[0], one_line(exc)) from None
         programs.append(ProgramSpec(name, program))
     return programs
+
+
+def _load_c(r: TableReader, name: str, base_dir: Path) -> Program:
+    """A `c = [...]` program: its sources compiled (or found in the cache) and loaded as an ELF."""
+    if r.has("base"):
+        raise r.error("base", "not allowed with c (the linker fixes the addresses)")
+    sources = r.strings("c")
+    if not sources:
+        raise r.error("c", "expected at least one source file")
+    cflags = r.strings("cflags")
+    for i, flag in enumerate(cflags):
+        try:
+            check_cflags([flag])
+        except ToolchainError as exc:
+            raise r.error(f"cflags[{i}]", one_line(exc)) from None
+    for i, path in enumerate(sources):
+        if not (base_dir / path).is_file():
+            raise r.error(f"c[{i}]", f"no such file {str(base_dir / path)!r}")
+    try:
+        return attrs.evolve(load_elf(build_c([base_dir / s for s in sources], cflags)), name=name)
+    except ToolchainError as exc:
+        raise r.error("c", one_line(exc)) from None
+    except ElfError as exc:
+        raise r.error("c", one_line(exc)) from None
 
 
 def _load_mappings(top: TableReader) -> list[MappingSpec]:
@@ -664,10 +699,18 @@ _INJECTION_KINDS = ("preempt", "syscall_latency", "tick_storm", "unmap", "protec
 
 def _load_injections(top: TableReader, vcores: int, threads: set[str]) -> list[Injection]:
     out = []
-    keys = ("at_ns", "at_insns", "thread", *_INJECTION_KINDS, "warning_ns", "duration_ns")
+    keys = ("at_ns", "at_insns", "thread", "when", *_INJECTION_KINDS, "warning_ns", "duration_ns")
     for r in top.tables("injections", keys):
-        if r.has("at_ns") == r.has("at_insns"):
-            raise r.error("", "expected exactly one of at_ns, at_insns (with thread)")
+        when = None
+        if r.has("when"):  # a point named by meaning (akaros_sim/points.py); only for preempt
+            if r.has("at_ns") or r.has("at_insns") or not r.has("preempt"):
+                raise r.error("when", "expected preempt with when, and neither at_ns nor at_insns")
+            try:
+                when = normalize(_thaw(r.get("when", (dict,))))
+            except PointError as exc:
+                raise r.error("when", one_line(exc)) from None
+        elif r.has("at_ns") == r.has("at_insns"):
+            raise r.error("", "expected exactly one of at_ns, at_insns (with thread), when")
         at_ns = r.int("at_ns") if r.has("at_ns") else None
         at_insns = r.int("at_insns", minimum=1) if r.has("at_insns") else None
         thread = None
@@ -699,10 +742,12 @@ def _load_injections(top: TableReader, vcores: int, threads: set[str]) -> list[I
                     raise sub.error("vcores", f"expected vcore ids < {vcores}, got {describe(v)}")
             params["vcores"] = tuple(targets)
         elif kind == "preempt":
-            vcore = r.int("preempt")
-            if vcore >= vcores:
+            vcore = None if when is not None and r.get("preempt", (int, str)) == "here" else r.int("preempt")
+            if vcore is not None and vcore >= vcores:
                 raise r.error("preempt", f"expected a vcore id < {vcores} (machine.vcores), got {vcore}")
             params = {"vcore": vcore, "warning_ns": r.int("warning_ns", 0)}
+            if when is not None:
+                params["when"] = when
             if r.has("duration_ns"):
                 params["duration_ns"] = r.int("duration_ns")
         elif kind == "syscall_latency":
@@ -788,9 +833,11 @@ def _apply_injection(sim: Simulation, inj: Injection) -> None:
         sim.tick_storm(inj.at_ns, p("until_ns"), p("min_insns"), p("max_insns"), list(p("vcores")))
         return
     if inj.kind == "preempt":
-        what, fn, args = f"preempt vcore {p('vcore')}", sim.kernel.preempt, (p("vcore"), p("warning_ns"),
-                                                                            p("duration_ns"))  # fmt: skip
-    elif inj.kind == "syscall_latency":
+        when = p("when") or ({"at_ns": inj.at_ns} if inj.at_insns is None else
+                             {"uthread": inj.thread, "insns": inj.at_insns})  # fmt: skip
+        sim.preempt_at(dict(when), p("vcore"), p("warning_ns"), p("duration_ns"))
+        return
+    if inj.kind == "syscall_latency":
         name = SYSCALL_NAMES.get(p("nr"), str(p("nr")))
         what, fn, args = f"syscall_latency {name} {p('ns')} ns", sim.set_syscall_latency, (p("nr"), p("ns"))
     elif inj.kind == "unmap":
