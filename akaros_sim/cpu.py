@@ -51,7 +51,7 @@ import functools
 import struct
 
 import attrs
-from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UcError
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UcError
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
@@ -107,7 +107,7 @@ class CpuError(RuntimeError):
 
 @attrs.frozen
 class BudgetSpent:
-    """The run used its whole budget; `insns` equals it."""
+    """The run used its whole budget (or a watch stopped it early); `insns` is what ran."""
 
     insns: int
 
@@ -244,6 +244,7 @@ class Cpu:
         self._intr: int | None = None
         self._syscall = False
         self._io_rip: int | None = None
+        self._watch_stop = False
         self._booting = True
         self._live: UserContext | None = None  # whose fpstate is in Unicorn now
         # raw-ctypes register batch (the Python batch API costs ~58 us)
@@ -331,6 +332,16 @@ class Cpu:
             return self.retired + self._counter.value - 1
         return self.retired
 
+    def watch(self, addr: int, fn) -> None:
+        """Before each instruction at `addr`, call fn(insns run so far in this slice); if it returns
+        True the slice stops there, as if its budget were spent (the explorer's injection points)."""
+        self._uc.hook_add(UC_HOOK_CODE, self._on_watch, fn, addr, addr)
+
+    def _on_watch(self, uc, _addr, _size, fn) -> None:
+        if fn(self._counter.value - 1):
+            self._watch_stop = True
+            uc.emu_stop()
+
     # -- running --------------------------------------------------------------------
 
     def run(self, ctx: UserContext, budget: int) -> StopReason:
@@ -351,6 +362,7 @@ class Cpu:
         self._intr = None
         self._syscall = False
         self._io_rip = None
+        self._watch_stop = False
         self.mem.last_fault = None
         self._running = True
         try:
@@ -359,6 +371,9 @@ class Cpu:
             self._running = False
         uclib.uc_reg_read_batch(self._uch, self._reg_ids, ptrs, _NREGS)
         counter = self._counter.value
+        if self._watch_stop and status == ucc.UC_ERR_OK:
+            self.retired += counter - 1  # the watched instruction has not run
+            return BudgetSpent(counter - 1)
         if status == ucc.UC_ERR_OK and self._intr is None and not self._syscall and self._io_rip is None:
             if counter != budget + 1:
                 raise CpuError(f"emulation stopped after {counter - 1} of {budget} instructions for no known reason")

@@ -104,6 +104,7 @@ class Process:
         self.resume_chain = HandlerChain(None, "resume", lambda uth, ctx, why: None, tracer, False, False)
         self.extable = None  # the ExtableHandler, once a program with an extable is loaded
         self.ras = None  # the RasHandler, once a sequence is declared
+        self.points = None  # the Points (points.py), once an injection point is named by meaning
         # uthreads and programs
         self.uthreads: list[Uthread] = []
         self.names: dict[str, Uthread] = {}  # unique uthread names
@@ -256,6 +257,8 @@ class Process:
             cur = engine.current
             uth.runnable_at = cur.clock if cur is not None else engine.now
             self.set_uth_state(uth, RUNNABLE)
+        if self.points is not None:
+            self.points.on_op(name, engine.current)
         try:
             return op(*args)
         except Exception as exc:

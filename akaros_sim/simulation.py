@@ -19,6 +19,7 @@ from akaros_sim.extable import ExceptionTable, ExtableHandler
 from akaros_sim.interpose import HandlerChain, handler_name
 from akaros_sim.memory import Prot
 from akaros_sim.metrics import Metrics, compute_metrics
+from akaros_sim.points import preempt
 from akaros_sim.process import DEFAULT_STALL_NS, MAX_STALL_NS, Process
 from akaros_sim.program import RasEntry
 from akaros_sim.ras import RasHandler, RasTable
@@ -218,12 +219,10 @@ class Simulation:
 
         proc.engine.schedule(time_ns, "inject", inject)
 
-    def preempt_at(self, time_ns: int, vcore: int, warning_ns: int = 0, duration_ns: int | None = None) -> None:
-        """Preempt `vcore` at time_ns, after a preempt_pending warning of warning_ns if > 0."""
-        nvcores = len(self.proc.engine.vcores)
-        if not isinstance(vcore, int) or not 0 <= vcore < nvcores:
-            raise SimulationError(f"preempt_at: no vcore {vcore} (the machine has {nvcores})")
-        self.at(time_ns, f"preempt vcore {vcore}", self.proc.kernel.preempt, vcore, warning_ns, duration_ns)
+    def preempt_at(self, when, vcore: int | None = None, warning_ns: int = 0, duration_ns: int | None = None) -> None:
+        """Preempt `vcore` (default: the one running there) at `when`, a time in ns or a point named by meaning
+        such as {"ras": "inc", "uthread": "w3", "nth": 2} (docs/explore.md), after a warning of warning_ns if > 0."""
+        preempt(self, when, vcore, warning_ns, duration_ns, SimulationError)
 
     def at_insns(self, thread: str, insns: int, what: str, fn, *args) -> None:
         """Run fn(*args) in kernel context when uthread `thread` has retired `insns` guest instructions.

@@ -373,3 +373,13 @@ def test_run_rejects_a_bad_override_naming_it(capsys, monkeypatch):
     assert "--set 'vcores': expected KEY=VALUE" in capsys.readouterr().err
     assert main(["run", "no_such_scenario"]) == 2
     assert "no_such_scenario" in capsys.readouterr().err
+
+
+def test_explain_report_and_plot_take_a_shipped_scenario_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "pthread_faults", "--limit", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("pthread_faults.toml: pthread reflects #DE and #GP to "
+                                                              "guest signal handlers that fix the context; an "
+                                                              "unhandled #UD kills the process")  # fmt: skip
+    assert main(["report", "pthread_faults", "--html", "r.html"]) == 0
+    assert (tmp_path / "r.html").read_text().count('class="gantt-row"') == 3
