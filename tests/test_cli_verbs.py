@@ -276,8 +276,8 @@ HELP = {
     "plot": "draw its uthreads over virtual time: one row per uthread in creation order",
     "ab": "Run SCENARIO under 2LS A and under 2LS B (the same injections: they are the scenario's)",
     "sweep": "Run every combination of SCENARIOs, 2LSes (--sched, repeatable), the values of each --set",
-    "explore": "Search preemption placements in SCENARIO for a schedule that breaks an oracle",
     "cc": "Compile and link FILEs (.c, .s, .S; the .h files beside them are their headers) into one static",
+    "explore": "Search preemption placements in SCENARIO for a schedule that breaks an oracle",
     "list": "List the scenarios in scenarios/ with their one-line descriptions.",
 }
 

@@ -27,8 +27,8 @@ from akaros_sim.disasm import describe_insn, insn_length
 from akaros_sim.kernel import SYS_exit as SYS_EXIT
 from akaros_sim.kernel import SYS_write as SYS_WRITE
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, MemError, Prot
-from akaros_sim.tools import explore as explore_verb
 from akaros_sim.tools import cc as cc_verb
+from akaros_sim.tools import explore as explore_verb
 from akaros_sim.tools import sweep as sweep_verb
 from akaros_sim.tools.metrics_table import format_metrics, write_json
 from akaros_sim.tools.shipped import find_scenario, shipped_scenarios
@@ -594,8 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("akaros_sim.tools.plots", fromlist=["add_parser"]).add_parser(sub, common)  # plot
     __import__("akaros_sim.tools.ab", fromlist=["add_parser"]).add_parser(sub, common)  # ab
     sweep_verb.add_parser(sub, common)
-    explore_verb.add_parser(sub, common)
     cc_verb.add_parser(sub, common)
+    explore_verb.add_parser(sub, common)
     lister = sub.add_parser("list", parents=[common], help="list the shipped scenarios with their descriptions",
                             description="List the scenarios in scenarios/ with their one-line descriptions.")
     lister.set_defaults(func=cmd_list)
@@ -604,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if isinstance(getattr(args, "source", None), str):  # explain, report, plot: a shipped scenario by name too
+        args.source = str(find_scenario(args.source))
     try:
         return args.func(args)
     except KeyboardInterrupt:
