@@ -219,10 +219,10 @@ class Simulation:
 
         proc.engine.schedule(time_ns, "inject", inject)
 
-    def preempt_at(self, when, vcore: int | None = None, warning_ns: int = 0, duration_ns: int | None = None) -> None:
-        """Preempt `vcore` (default: the one running there) at `when`, a time in ns or a point named by meaning
-        such as {"ras": "inc", "uthread": "w3", "nth": 2} (docs/explore.md), after a warning of warning_ns if > 0."""
-        preempt(self, when, vcore, warning_ns, duration_ns, SimulationError)
+    def preempt_at(self, time_ns, vcore: int | None = None, warning_ns: int = 0, duration_ns: int | None = None) -> None:
+        """Preempt `vcore` (default: the one running there) at time_ns, or at a point named by meaning such as
+        {"ras": "inc", "uthread": "w3", "nth": 2} (docs/explore.md), after a warning of warning_ns if > 0."""
+        preempt(self, time_ns, vcore, warning_ns, duration_ns, SimulationError)
 
     def at_insns(self, thread: str, insns: int, what: str, fn, *args) -> None:
         """Run fn(*args) in kernel context when uthread `thread` has retired `insns` guest instructions.
