@@ -20,7 +20,14 @@ from akaros_sim.cpu import BudgetSpent, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Entry, Interrupt
 from akaros_sim.join import uthread_exit
-from akaros_sim.kernel import SYS_guest_return, SYS_sigaction, SYS_sigreturn, SYS_uthread_exit, SYS_uthread_yield
+from akaros_sim.kernel import (
+    SYS_guest_return,
+    SYS_sigaction,
+    SYS_sigprocmask,
+    SYS_sigreturn,
+    SYS_uthread_exit,
+    SYS_uthread_yield,
+)
 from akaros_sim.timeline import BLOCKED
 from akaros_sim.uthread import Uthread, uthread_sched_yield
 
@@ -115,6 +122,8 @@ class Guest:
             return 0
         if nr == SYS_sigaction:
             return proc.signals.sigaction(a[0], a[1])
+        if nr == SYS_sigprocmask:
+            return proc.signals.sigprocmask(uth, a[0], a[1])
         if nr == SYS_sigreturn:
             proc.signals.sigreturn(uth)
             return uth.ctx.rax

@@ -46,6 +46,7 @@ SYS_uthread_yield = 0x1001
 SYS_sigaction = 0x1002
 SYS_sigreturn = 0x1003
 SYS_guest_return = 0x1004  # end of a call_guest
+SYS_sigprocmask = 0x1005  # (how, sigset value) -> the old mask
 SYS_exit = SYS_proc_destroy
 
 SYSCALL_NAMES = {
@@ -53,7 +54,7 @@ SYSCALL_NAMES = {
     SYS_proc_yield: "proc_yield", SYS_mmap: "mmap", SYS_munmap: "munmap", SYS_mprotect: "mprotect",
     SYS_populate_va: "populate_va", SYS_nanosleep: "nanosleep", SYS_write: "write", SYS_gettime: "gettime",
     SYS_uthread_exit: "uthread_exit", SYS_uthread_yield: "uthread_yield", SYS_sigaction: "sigaction",
-    SYS_sigreturn: "sigreturn", SYS_guest_return: "guest_return",
+    SYS_sigreturn: "sigreturn", SYS_guest_return: "guest_return", SYS_sigprocmask: "sigprocmask",
 }  # fmt: skip
 
 MAP_FIXED = 0x10

@@ -40,7 +40,8 @@ __all__ = [
     "max_vcores", "num_vcores", "register_ev_handler", "register_evq", "run_current_uthread",
     "run_uthread", "stop_current_uthread", "syscall", "syscall_async", "trace", "uthread_2ls_init",
     "uthread_cleanup", "uthread_create", "uthread_detach", "uthread_exit", "uthread_has_blocked",
-    "uthread_init", "uthread_join", "uthread_paused", "uthread_prep_signal_from_fault",
+    "uthread_init", "uthread_join", "uthread_paused", "uthread_prep_pending_signals",
+    "uthread_prep_signal_from_fault", "uthread_signal", "trigger_posix_signal",
     "uthread_runnable", "uthread_sched_yield", "uthread_self", "uthread_sleep", "uthread_yield",
     "vcore_id", "vcore_request_more", "vcore_request_total", "vcore_tick_disable", "vcore_tick_enable",
     "vcore_tick_poll", "vcore_yield",
@@ -266,6 +267,25 @@ def fault_report(uth: Uthread, headline: str) -> str:
 def uthread_prep_signal_from_fault(uth: Uthread, signo: int, code: int, addr: int) -> None:
     """Arrange for uth to run its guest handler for signo next time it runs (or die by default)."""
     current_proc("uthread_prep_signal_from_fault").signals.prep_from_fault(uth, signo, code, addr)
+
+
+def uthread_signal(uth: Uthread, signo: int) -> None:
+    """pthread_kill: mark signo pending on uth; it is taken when the 2LS next runs uth."""
+    if not 1 <= signo < 64:
+        raise ParlibError(f"uthread_signal: expected a signal number in 1..63, got {signo!r}")
+    current_proc("uthread_signal").signals.send(uth, signo)
+
+
+def uthread_prep_pending_signals(uth: Uthread) -> None:
+    """Call from sched_entry just before running uth (run_uthread / run_current_uthread), as
+    pthread's pth_sched_entry does: uth's pending, unmasked signals are taken now."""
+    current_proc("uthread_prep_pending_signals").signals.prep_pending(uth)
+
+
+def trigger_posix_signal(signo: int, uth: Uthread | None) -> None:
+    """A process-wide signal, from got_posix_signal: the default action or SIG_IGN happens here
+    (in vcore context); a guest handler goes to uth as a pthread_kill would (None: nobody)."""
+    current_proc("trigger_posix_signal").signals.posix_signal(signo, uth)
 
 
 def trace(kind: str, **details) -> None:

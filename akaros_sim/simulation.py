@@ -249,9 +249,9 @@ class Simulation:
             vc = engine.vcores[vcoreid]
             engine.schedule(start_ns, "tick_storm", self.proc.guest.storm_start, vc, end_ns, min_insns, max_insns)
 
-    def signal_thread(self, thread: str, signo: int) -> None:
-        """Send signo to a uthread (pthread_kill): its guest handler runs the next time it runs guest code."""
-        uth = self.uthread(thread)
+    def signal_thread(self, thread: str | None, signo: int) -> None:
+        """pthread_kill `thread`: marked pending, taken when the 2LS next runs it; None: kill the process."""
+        uth = None if thread is None else self.uthread(thread)
         if not 1 <= signo < 64:
             raise SimulationError(f"signal_thread: expected a signal number in 1..63, got {signo}")
         self.proc.signals.send(uth, signo)

@@ -137,6 +137,7 @@ class Uthread:
     __slots__ = (
         "entry", "name", "kind", "id", "_state", "done", "flags", "sysc", "join_state", "joiner", "join_kref",
         "join_result", "exit_value", "notif_disabled_depth", "_ctx", "stack_lo", "stack_hi", "tls", "tls_vcore", "sig_pending",
+        "sig_pending_set", "sig_mask",
         "sigdata", "interrupted", "greenlet", "vcore", "insns", "waits_for", "waiting_since", "runnable_at", "times",
         "__dict__",
     )  # fmt: skip
@@ -165,7 +166,9 @@ class Uthread:
         self.tls = 0  # guest address of its TLS block (fs_base): [0] vcore id, [8] uthread id
         self.tls_vcore = -1  # the vcore id last written at fs:[0]
         # signals (parlib sigstate)
-        self.sig_pending: tuple[int, int, int] | None = None  # (signo, code, addr) to deliver
+        self.sig_pending: tuple[int, int, int] | None = None  # (signo, code, addr) taken: delivered when it runs
+        self.sig_pending_set = 0  # sigstate.pending: pthread_kill'd signals (bit signo-1), not yet taken
+        self.sig_mask = 0  # sigstate.mask: blocked signals (bit signo-1)
         self.sigdata: int = 0  # guest address of the saved context while a handler runs
         # involuntary stops (RAS): why it was last stopped against its will, until it runs again
         self.interrupted: Interrupt | None = None

@@ -59,9 +59,11 @@ from akaros_sim.parlib import (
     stop_current_uthread,
     syscall_async,
     trace,
+    trigger_posix_signal,
     uthread_2ls_init,
     uthread_cleanup,
     uthread_init,
+    uthread_prep_pending_signals,
     uthread_prep_signal_from_fault,
     vcore_id,
     vcore_request_more,
@@ -160,6 +162,7 @@ class PolicySched:
                 self._occupant[vc] = None
                 self.enqueue(uth, PREEMPTED)  # no vcore request: this vcore picks again at once
             else:
+                uthread_prep_pending_signals(cur)  # as pth_sched_entry does before running a uthread
                 run_current_uthread()
         else:
             self._stop_clock(vc)  # whoever ran here has yielded, blocked or exited
@@ -169,6 +172,7 @@ class PolicySched:
             uth = self.pick(vc)
             if uth is not None:
                 self._occupant[vc] = (uth, self.now())
+                uthread_prep_pending_signals(uth)
                 run_uthread(uth)
             vcore_yield(False)
 
@@ -222,6 +226,7 @@ class PolicySched:
 
     def got_posix_signal(self, signo: int, info) -> None:
         trace("posix_signal", signo=signo)
+        trigger_posix_signal(signo, current_uthread())  # as pth_got_posix_signal
 
     # -- internals ------------------------------------------------------------------------------
 

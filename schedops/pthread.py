@@ -48,9 +48,11 @@ from akaros_sim.parlib import (
     run_uthread,
     syscall_async,
     trace,
+    trigger_posix_signal,
     uthread_2ls_init,
     uthread_cleanup,
     uthread_init,
+    uthread_prep_pending_signals,
     uthread_prep_signal_from_fault,
     vcore_id,
     vcore_request_more,
@@ -132,7 +134,9 @@ class PthreadSched:
         uthread_2ls_init(self._handle_sysc)
 
     def sched_entry(self) -> None:
-        if current_uthread() is not None:
+        cur = current_uthread()
+        if cur is not None:
+            uthread_prep_pending_signals(cur)  # pth_sched_entry: pthread_kill'd signals run when it is run
             run_current_uthread()
         while True:
             handle_events()
@@ -145,6 +149,7 @@ class PthreadSched:
                 self.threads_active += 1
                 break
             vcore_yield(False)
+        uthread_prep_pending_signals(new)
         run_uthread(new)
 
     def thread_runnable(self, uth: PthreadTcb) -> None:
@@ -209,7 +214,9 @@ class PthreadSched:
         return pth
 
     def got_posix_signal(self, signo: int, info) -> None:
+        """pth_got_posix_signal: the signal's action, with the current uthread's context if there is one."""
         trace("posix_signal", signo=signo)
+        trigger_posix_signal(signo, current_uthread())
 
     def thread_bulk_runnable(self, sync) -> None:
         woken = 0

@@ -22,9 +22,11 @@ from akaros_sim.parlib import (
     run_current_uthread,
     run_uthread,
     syscall_async,
+    trigger_posix_signal,
     uthread_2ls_init,
     uthread_cleanup,
     uthread_init,
+    uthread_prep_pending_signals,
     vcore_yield,
 )
 from akaros_sim.uthread import JoinState, Uthread
@@ -54,10 +56,13 @@ class Thread0Sched:
         self.is_blocked = False
 
     def sched_entry(self) -> None:
-        if current_uthread() is not None:
+        cur = current_uthread()
+        if cur is not None:
+            uthread_prep_pending_signals(cur)  # thread0_sched_entry
             run_current_uthread()
         while True:
             if not self.is_blocked and self.thread0 is not None:
+                uthread_prep_pending_signals(self.thread0)
                 run_uthread(self.thread0)
             vcore_yield(False)
             handle_events()
@@ -96,4 +101,4 @@ class Thread0Sched:
         return uth
 
     def got_posix_signal(self, signo: int, info) -> None:
-        pass
+        trigger_posix_signal(signo, current_uthread() or self.thread0)  # thread0_got_posix_signal
