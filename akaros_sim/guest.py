@@ -19,6 +19,7 @@ from akaros_sim.context import TrapNr
 from akaros_sim.cpu import BudgetSpent, SyscallStop, TrapStop
 from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Entry, Interrupt
+from akaros_sim.guest_calls import GUEST_CALL_NAMES, guest_call
 from akaros_sim.join import uthread_exit
 from akaros_sim.kernel import (
     SYS_guest_return,
@@ -127,6 +128,8 @@ class Guest:
         if nr == SYS_sigreturn:
             proc.signals.sigreturn(uth)
             return uth.ctx.rax
+        if nr in GUEST_CALL_NAMES:
+            return guest_call(proc, uth, nr, a)
         return proc.syscall(uth, nr, a)
 
     def _reflect_fault(self, uth: Uthread, stop: TrapStop) -> None:

@@ -14,8 +14,13 @@ directory mapped to `.` in any debug info, no build-id, no unwind tables and
 The same sources, flags and toolchain version give the same bytes wherever
 they are built.
 
+Every build also compiles the guest runtime (`akaros_sim/runtime`: the
+headers under `include/` are on the include path as `<pthread.h>`,
+`<stdio.h>`, `<uaccess.h>`, ...; the sources under `src/` are linked in, their
+functions weak so a guest's own definition wins), copied under `akaros-rt/`.
+
 Builds are cached: the ELF is stored under the sha256 of the toolchain
-version, the flags and every input's name and bytes, in ``$AKAROS_SIM_CACHE``
+version, the flags, every input's name and bytes and the runtime's files, in ``$AKAROS_SIM_CACHE``
 (else ``$XDG_CACHE_HOME/akaros-sim``, else ``~/.cache/akaros-sim``), so
 loading the same sources again runs no compiler.
 """
@@ -47,7 +52,21 @@ BASE_FLAGS = (
     "-Wl,--build-id=none", "-Wl,-z,max-page-size=4096", "-Wl,--no-gc-sections",
 )  # fmt: skip
 OUTPUT = "out.elf"
-_CACHE_FORMAT = "akaros-sim cc 1"
+_CACHE_FORMAT = "akaros-sim cc 2"
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+RUNTIME_PREFIX = "akaros-rt"  # where the runtime goes in the build directory
+
+
+def runtime_files() -> list[tuple[str, bytes]]:
+    """The guest runtime: (path relative to RUNTIME_DIR, bytes) of every header and source, sorted."""
+    files = sorted(p for p in RUNTIME_DIR.rglob("*") if p.is_file() and p.suffix in (".h", ".c"))
+    return [(p.relative_to(RUNTIME_DIR).as_posix(), p.read_bytes()) for p in files]
+
+
+def _runtime_args() -> list[str]:
+    """The compiler arguments that add the runtime: its include directory and its sources."""
+    sources = [name for name, _ in runtime_files() if name.endswith(".c")]
+    return ["-I", f"{RUNTIME_PREFIX}/include", *(f"{RUNTIME_PREFIX}/{name}" for name in sources)]
 
 
 class ToolchainError(ValueError):
@@ -134,6 +153,8 @@ def build_key(sources: Sequence[str | os.PathLike], cflags: Iterable[str] = ()) 
     digest.update(" ".join(Path(s).name for s in sources).encode() + b"\0")
     for name, data, _ in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    for name, data in runtime_files():
+        digest.update(f"{RUNTIME_PREFIX}/{name}".encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()
 
 
@@ -168,8 +189,11 @@ def compile_sources(sources: Sequence[str | os.PathLike], cflags: Iterable[str] 
     with tempfile.TemporaryDirectory(prefix="akaros-sim-cc-") as tmp:
         for name, data, _ in files:
             Path(tmp, name).write_bytes(data)
+        for name, data in runtime_files():
+            Path(tmp, RUNTIME_PREFIX, name).parent.mkdir(parents=True, exist_ok=True)
+            Path(tmp, RUNTIME_PREFIX, name).write_bytes(data)
         command = [sys.executable, "-m", "ziglang", "cc", *BASE_FLAGS, f"-ffile-prefix-map={tmp}=.",
-                   *DEFAULT_CFLAGS, *flags, *(Path(s).name for s in sources), "-o", OUTPUT]  # fmt: skip
+                   *DEFAULT_CFLAGS, *flags, *(Path(s).name for s in sources), *_runtime_args(), "-o", OUTPUT]  # fmt: skip
         env = dict(os.environ, SOURCE_DATE_EPOCH="0", ZERO_AR_DATE="1")
         try:
             proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, check=False)
