@@ -160,6 +160,8 @@ class Kernel:
         was = vc.online
         vc.set_state(new)
         self._online += vc.online - was
+        if not vc.online and vc.tick_event is not None:  # off its pcore: no more ticks
+            vc.tick_event.cancelled, vc.tick_event = True, None
 
     def request_total(self, total: int) -> None:
         """vcore_request_total: raise amt_wanted (capped at max) and poke the ksched."""
@@ -222,6 +224,7 @@ class Kernel:
         """The kernel starts `vc` at time t: fresh at vcore_entry, or back in its saved vcore context."""
         was_preempted = vc.state is VcoreState.PREEMPTED
         self.set_vcore_state(vc, VcoreState.ONLINE)
+        vc.changed_away = False
         vc.clock = max(vc.clock, t)
         self.state = ProcState.RUNNING_M
         if was_preempted and vc.gl is not None and vc.in_vcore_ctx:
@@ -254,9 +257,6 @@ class Kernel:
             vc.pending_duration = None
             vc.unavailable_until = self._kernel_now() + duration
             self.engine.schedule(vc.unavailable_until, "ksched", self.poke_ksched)
-        if vc.tick_event is not None:
-            vc.tick_event.cancelled = True
-            vc.tick_event = None
         if self.num_vcores() == 0:
             self.state = ProcState.WAITING
         return True
@@ -291,9 +291,6 @@ class Kernel:
         vc.preempt_pending = 0
         vc.nr_preempts += 1
         self.set_vcore_state(vc, VcoreState.PREEMPTED)
-        if vc.tick_event is not None:
-            vc.tick_event.cancelled = True
-            vc.tick_event = None
         duration = self.costs.preempt_duration_ns if duration_ns is None else duration_ns
         vc.unavailable_until = self.engine.now + duration
         uth = vc.current_uthread
@@ -310,14 +307,26 @@ class Kernel:
             self.state = ProcState.WAITING
             self.amt_wanted = max(self.amt_wanted, 1)
         self.send_event(EventQueue(vc.id), EventMsg(EV_VCORE_PREEMPT, arg2=vc.id))
-        # If its vcore context is saved with it, or its uthread is not stolen by
-        # then (nobody online, or DONT_MIGRATE), nobody else can run them.  Akaros
-        # has a peer change_to_vcore or restarts it from the bulk-preempted list;
-        # here the kernel restarts it as soon as its pcore is back.
+        # A peer that handles the event steals its uthread or change_to_vcore's to it; if nobody
+        # did by the time its pcore is back, the kernel restarts it (Akaros's bulk-preempted list).
         restart = vc.unavailable_until + self.costs.vcore_grant_ns
         self.engine.schedule(restart, "restore", self._restore_preempted, vc)
         self.engine.schedule(vc.unavailable_until, "ksched", self.poke_ksched)
         self.poke_ksched()
+
+    def change_vcore(self, vc, victim) -> bool:
+        """proc_change_to_vcore (sys_change_vcore, enable_my_notif): vc, in vcore context, gives its pcore
+        to the preempted `victim`, which resumes at once; vc goes offline, VC_PREEMPTED for its mail."""
+        if victim.online or self.state is not ProcState.RUNNING_M or not vc.in_vcore_ctx:
+            return False  # -EBUSY (already running) or a state that cannot change
+        self.proc.trace_event(vc, "change_to_vcore", **{"from": vc.id, "to": victim.id})
+        self.set_vcore_state(vc, VcoreState.OFFLINE)
+        vc.changed_away, vc.preempt_pending = True, 0
+        vc.unavailable_until, victim.unavailable_until = victim.unavailable_until, 0  # the pcore changes hands
+        self.proc.timeline.vcore(self.engine.time(), vc.id, "offline")
+        self.bring_online(victim, vc.clock)
+        self.send_event(EventQueue(victim.id), EventMsg(EV_CHECK_MSGS, arg2=vc.id))
+        return True
 
     # -- the end of the process ------------------------------------------------------------
 

@@ -77,10 +77,12 @@ class Vcore:
         self.preempt_pending = 0  # deadline of a preemption warning, 0 = none
         self.pending_duration: int | None = None  # how long the warned pcore will be away
         self.nr_preempts = 0
+        self.changed_away = False  # VC_PREEMPTED after a change_to_vcore: its mailbox is for a peer to check
         # VCPD: notifications and mailbox
         self.notif_disabled = True
         self.notif_pending = False
         self.mailbox: deque = deque()
+        self.remote_mbox: int | None = None  # parlib's __vc_rem_vcoreid while __vc_handle_an_mbox is set
         # parlib (its TLS): the uthread it runs or was interrupted from
         self.current_uthread = None
         # vcore tick (time slicing): period and expired-but-unpolled periods

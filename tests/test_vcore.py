@@ -162,19 +162,23 @@ class _SlowToNotice(Fifo2LS):
 
 
 def test_warning_not_acted_on_in_time_becomes_a_preemption_in_vcore_context(unpreempted):
-    """Still in vcore context at the deadline: preempted there, resumed in place later, then it pauses the uthread."""
+    """Still in vcore context at the deadline: preempted there; the peer that handles EV_VCORE_PREEMPT
+    change_to_vcore's to it (user/parlib/uthread.c handle_vc_preempt -> change_to_vcore, kern/src/process.c
+    proc_change_to_vcore), so it resumes in place at once, on the peer's pcore, and then pauses the uthread."""
     sim = spin_sim(_SlowToNotice(), 2, long=(20_000, 7), short=(2000, 9))
     sim.preempt_at(5000, 0, warning_ns=2000, duration_ns=4000)
     result = sim.run()
     assert result.end is RunEnd.ALL_EXITED
     kinds = ("preempt_warn", "preempt", "preempt_recover", "vcore_online", "uthread_pause", "run")
-    assert _story(sim, *kinds)[4:10] == [
+    assert _story(sim, *kinds)[4:12] == [
         (5000, 0, "long", "preempt_warn", {"deadline": 7000}),
         (7000, 0, "long", "preempt", {"in_vcore_ctx": True, "uthread": "long", "until": 11_000}),
-        (7450, 1, "short", "preempt_recover", {"victim": 0, "stolen": None}),  # nothing to steal
-        (7600, 1, "short", "run", {"how": "run_current_uthread"}),
-        (13_000, 0, "long", "vcore_online", {"how": "resume_vcore_ctx", "amt_wanted": 2}),
-        (16_000, 0, "", "uthread_pause", {"target": "long", "why": "preempt_pending"}),
+        (7450, 1, "short", "preempt_recover", {"victim": 0, "stolen": None}),  # nothing to steal: change to it
+        (7450, 1, "", "uthread_pause", {"target": "short", "why": "change_to_vcore"}),
+        (7550, 0, "long", "vcore_online", {"how": "resume_vcore_ctx", "amt_wanted": 2}),  # not 13_000
+        (10_550, 0, "", "uthread_pause", {"target": "long", "why": "preempt_pending"}),
+        (11_100, 0, "short", "run", {"how": "run_uthread"}),
+        (13_000, 1, "", "vcore_online", {"how": "start", "amt_wanted": 2}),  # vcore 0's pcore back, to vcore 1
     ]
     assert [r.details for r in sim.trace.of_kind("vcore_offline") if r.get("nice")] == []
     assert sim.uthread("long").ctx.regs() == unpreempted.uthread("long").ctx.regs()
@@ -332,7 +336,8 @@ def test_vcore_tick_enabled_in_sched_init_ticks_on_vcore_0():
 
 
 def test_vcore_preempted_in_vcore_context_with_a_uthread_is_restarted_and_the_uthread_finishes():
-    """A vcore preempted inside vcore context keeps its uthread; the kernel restarts it when its pcore returns."""
+    """A vcore preempted inside vcore context keeps its uthread; a peer handling EV_VCORE_PREEMPT gives it
+    its pcore at once (user/parlib/uthread.c handle_vc_preempt -> change_to_vcore)."""
     from akaros_sim.asm import assemble
     from akaros_sim.simulation import RunEnd, Simulation
     from schedops.pthread import PthreadSched
@@ -350,6 +355,7 @@ def test_vcore_preempted_in_vcore_context_with_a_uthread_is_restarted_and_the_ut
     assert [(u.name, u.exit_value) for u in sim.uthreads] == [("y", 1000), ("z", 9000), ("w", 9000)]
     story = [(r.t, r.kind, r.get("in_vcore_ctx"), r.get("how")) for r in sim.trace.records
              if r.vc == 2 and r.kind in ("preempt", "vcore_online")]  # fmt: skip
-    # back at until (6052) + the grant latency (2000), resumed in place
+    # resumed in place on vcore 1's pcore at 5500 (before change_to_vcore: its own pcore back at 8052)
     assert story == [(2250, "vcore_online", None, "start"), (5052, "preempt", True, None),
-                     (8052, "vcore_online", None, "resume_vcore_ctx")]  # fmt: skip
+                     (5500, "vcore_online", None, "resume_vcore_ctx")]  # fmt: skip
+    assert [(r.t, r.get("from"), r.get("to")) for r in sim.trace.of_kind("change_to_vcore")] == [(5500, 1, 2)]
