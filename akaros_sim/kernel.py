@@ -298,11 +298,9 @@ class Kernel:
             uth.interrupted = Interrupt.PREEMPTED
             self.proc.set_uth_state(uth, BLOCKED, "preempted", vc, self.engine.time())
         self.proc.timeline.vcore(self.engine.time(), vc.id, "preempted")
-        self.proc.trace_event(
-            vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None, until=vc.unavailable_until
-        )
-        # preempt_ev_q (SPAM_PUBLIC | WAKEUP): an online vcore recovers the
-        # uthread; with none online, the vcore granted next does.
+        self.proc.trace_event(vc, "preempt", in_vcore_ctx=vc.in_vcore_ctx, uthread=uth.name if uth else None,
+                              until=vc.unavailable_until)  # fmt: skip
+        # preempt_ev_q (SPAM_PUBLIC | WAKEUP): an online vcore recovers the uthread; else the one granted next
         if self.num_vcores() == 0:
             self.state = ProcState.WAITING
             self.amt_wanted = max(self.amt_wanted, 1)

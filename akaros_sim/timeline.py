@@ -150,6 +150,8 @@ class Timeline:
                     timeline.change(rec.t, rec.uth, state, rec.get("cause", ""), rec.vc)
             elif kind in _VCORE_RECORDS:
                 timeline.vcore(rec.t, rec.vc, _VCORE_RECORDS[kind])
+            elif kind == "change_to_vcore":  # the peer gave its pcore away: it is offline from here
+                timeline.vcore(rec.t, rec.get("from"), "offline")
             elif kind == "signal":
                 timeline.signal(rec.uth)
         return timeline
@@ -183,12 +185,13 @@ def spans(trace) -> tuple[dict[str, list[tuple]], dict[int, list[tuple]], int]:
                 open_uth.pop(name, None)
             else:
                 open_uth[name] = (rec.t, state, rec.get("cause", ""), rec.vc)
-        elif rec.kind in _VCORE_RECORDS:
-            vcores.setdefault(rec.vc, [])
-            since, state = open_vc.get(rec.vc, (0, "offline"))
+        elif rec.kind in _VCORE_RECORDS or rec.kind == "change_to_vcore":
+            vc, new = (rec.vc, _VCORE_RECORDS[rec.kind]) if rec.kind != "change_to_vcore" else (rec.get("from"), "offline")
+            vcores.setdefault(vc, [])
+            since, state = open_vc.get(vc, (0, "offline"))
             if rec.t != since:
-                vcores[rec.vc].append((since, rec.t, state))
-            open_vc[rec.vc] = (rec.t, _VCORE_RECORDS[rec.kind])
+                vcores[vc].append((since, rec.t, state))
+            open_vc[vc] = (rec.t, new)
     for name, (since, *rest) in open_uth.items():
         if end > since:
             uths[name].append((since, end, *rest))

@@ -137,7 +137,7 @@ def _counters(records) -> list[dict]:
                 runnable += delta
                 out.append({"ph": "C", "pid": UTHREADS_PID, "tid": 0, "name": "runnable uthreads",
                             "ts": _us(rec.t), "args": {"runnable": runnable}})  # fmt: skip
-        elif rec.kind in ("vcore_online", "vcore_offline", "preempt"):
+        elif rec.kind in ("vcore_online", "vcore_offline", "preempt", "change_to_vcore"):
             online += 1 if rec.kind == "vcore_online" else -1
             out.append({"ph": "C", "pid": VCORES_PID, "tid": 0, "name": "vcores online", "ts": _us(rec.t),
                         "args": {"online": online}})  # fmt: skip
