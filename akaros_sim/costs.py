@@ -36,6 +36,7 @@ class Costs:
     fault_reflect_ns: int = _cost(500)  # the kernel reflecting a hardware fault
     syscall_latency_ns: int = _cost(10_000)  # completion time of a blocking syscall
     populate_latency_ns: int = _cost(20_000)  # SYS_populate_va (a page fetched from "disk")
+    page_zero_ns: int = _cost(1_000)  # the kernel zero-filling an anonymous page at its first touch
     vcore_grant_ns: int = _cost(2_000)  # from vcore_request_more to the vcore running
     preempt_duration_ns: int = _cost(100_000)  # how long a preempted vcore's pcore stays away
     slice_insns: int = _cost(10_000)  # guest instructions between engine checks

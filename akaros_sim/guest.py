@@ -89,6 +89,10 @@ class Guest:
             if stop.trap_nr == TrapNr.BP:
                 self._breakpoint(uth, stop)
                 continue
+            stop = proc.kernel.mm.handle_page_fault(uth, stop)  # an anonymous page: zero-filled, not reflected
+            if stop is None:
+                self.preempt_point(uth)
+                continue
             self._reflect_fault(uth, stop)
 
     def preempt_point(self, uth: Uthread) -> None:

@@ -24,7 +24,9 @@ import errno
 import attrs
 
 from akaros_sim.engine import Entry, Interrupt, VcoreState
-from akaros_sim.memory import PAGE_SIZE, MemError, Prot
+from akaros_sim.ktime import nanosleep_usec
+from akaros_sim.memory import MemError
+from akaros_sim.mm import MAP_ANONYMOUS, MAP_FIXED, MAP_POPULATE, MMAP_BASE, Mm  # noqa: F401 - re-exported
 from akaros_sim.timeline import BLOCKED, RUNNABLE
 
 # Kernel syscalls (Akaros numbering)
@@ -56,10 +58,6 @@ SYSCALL_NAMES = {
     SYS_uthread_exit: "uthread_exit", SYS_uthread_yield: "uthread_yield", SYS_sigaction: "sigaction",
     SYS_sigreturn: "sigreturn", SYS_guest_return: "guest_return", SYS_sigprocmask: "sigprocmask",
 }  # fmt: skip
-
-MAP_FIXED = 0x10
-MAP_POPULATE = 0x8000
-MMAP_BASE = 0x2000_0000_0000  # where mmap places anonymous regions without MAP_FIXED
 
 # Event types (kern/include/ros/event.h)
 EV_PREEMPT_PENDING = 1
@@ -148,7 +146,7 @@ class Kernel:
         self._online = 0  # vcores ONLINE (num_vcores), kept by set_vcore_state
         self._sysc_ids = 0
         self.latency_override: dict[int, int] = {}
-        self._next_mmap = MMAP_BASE
+        self.mm = Mm(proc)  # mmap, munmap, mprotect, kernel-handled page faults (mm.py)
 
     # -- vcores ---------------------------------------------------------------------------
 
@@ -392,8 +390,10 @@ class Kernel:
             if online:
                 target = online[0]
             else:
-                # Nobody is online: post where the next grant will land.
-                free = self._free_vcores()
+                # Nobody is online: post where the next grant will land (with every pcore away,
+                # on the vcore whose pcore comes back first).
+                back_first = sorted((vc for vc in vcores if not vc.online), key=lambda vc: vc.unavailable_until)
+                free = self._free_vcores() or back_first
                 if free and not target.mailbox and target not in free[:1]:
                     target = free[0]
         self.post(target, msg, notify=True)
@@ -432,14 +432,19 @@ class Kernel:
             status = a[0] & 0xFFFF_FFFF  # an int, as proc_destroy takes it: exit(-1) is -1
             self.exit(status - (1 << 32) if status >> 31 else status, "exit syscall")
         elif nr == SYS_mmap:
-            self._done(sysc, self._mmap(*a[:6]))
+            self._done(sysc, self.mm.mmap(*a[:6]))
         elif nr == SYS_munmap:
-            self._done(sysc, self._munmap(a[0], a[1]))
+            self._done(sysc, self.mm.munmap(a[0], a[1]))
         elif nr == SYS_mprotect:
-            self._done(sysc, self._mprotect(a[0], a[1], a[2]))
-        elif nr in (SYS_block, SYS_nanosleep):
-            delay = a[0] if nr == SYS_block else self.latency(nr)
-            self._complete_later(sysc, delay, 0)
+            self._done(sysc, self.mm.mprotect(a[0], a[1], a[2]))
+        elif nr == SYS_block:
+            self._complete_later(sysc, a[0] * 1000, 0)  # sys_block(p, usec): kthread_usleep(usec)
+        elif nr == SYS_nanosleep:
+            usec = nanosleep_usec(self.proc.mem, a[0], a[1])  # (req, rem): struct timespec pointers
+            if usec < 0:
+                self._done(sysc, neg_errno(-usec))
+            else:
+                self._complete_later(sysc, usec * 1000, 0)
         elif nr == SYS_populate_va:
             self._complete_later(sysc, self.latency(nr), None)
         elif nr == SYS_proc_yield:
@@ -479,42 +484,3 @@ class Kernel:
         self.console.append(text)
         self.proc.trace_event(vc, "console", fd=fd, text=text)
         return length
-
-    def _mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = 0, off: int = 0) -> int:
-        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if length == 0 or prot & ~7:
-            return neg_errno(errno.EINVAL)
-        mem = self.proc.mem
-        if flags & MAP_FIXED:
-            if addr % PAGE_SIZE:
-                return neg_errno(errno.EINVAL)
-            try:
-                mem.unmap(addr, length)
-            except MemError:
-                return neg_errno(errno.EINVAL)
-        else:
-            addr = self._next_mmap
-            self._next_mmap += length + PAGE_SIZE  # leave a hole between regions
-        try:
-            mem.map(addr, length, Prot(prot), "mmap", backed=bool(flags & MAP_POPULATE))
-        except MemError:
-            return neg_errno(errno.ENOMEM)
-        return addr
-
-    def _munmap(self, addr: int, length: int) -> int:
-        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        try:
-            self.proc.mem.unmap(addr, length)
-        except MemError:
-            return neg_errno(errno.EINVAL)
-        return 0
-
-    def _mprotect(self, addr: int, length: int, prot: int) -> int:
-        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if prot & ~7:
-            return neg_errno(errno.EINVAL)
-        try:
-            self.proc.mem.protect(addr, length, Prot(prot))
-        except MemError:
-            return neg_errno(errno.ENOMEM)
-        return 0

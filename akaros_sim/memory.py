@@ -10,9 +10,11 @@ live in a host `mmap` buffer that is mapped into Unicorn with `mem_map_ptr`
 Unicorn runs in UC_TLB_VIRTUAL mode and every TLB miss asks `tlb_perms`, so
 protections and "not yet backed" pages are enforced here, in one place, and a
 denied access leaves a precise record (address, access kind) for the CPU to
-turn into an x86 trap.  A page of a VMR that is valid but not backed faults
-with Akaros's PF_VMR_BACKED bit; `populate` backs it (zeros, or the bytes of the
-backing object given at map time).
+turn into an x86 trap.  A page of a VMR that is valid but not backed faults;
+for an anonymous VMR (`anon=True`) the kernel zero-fills it on the spot
+(akaros_sim.mm.handle_page_fault), for any other (a file's pages not in the
+page cache) the fault is reflected with Akaros's PF_VMR_BACKED bit and
+`populate` backs it (zeros, or the bytes of the backing object given at map time).
 
 Host-side `read`/`write` are the kernel's view: they ignore protections, and a
 write to an unbacked page backs it first.
@@ -105,6 +107,8 @@ class Vmr:
     # bytes a populated page is filled from (None: zeros), offset like buf_off
     backing: bytes | None = attrs.field(default=None, repr=False)
     backing_off: int = attrs.field(default=0, repr=False)
+    # anonymous memory: the kernel zero-fills a page at its first touch (no reflected fault)
+    anon: bool = attrs.field(default=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -118,7 +122,7 @@ class Vmr:
         pages = (at - self.start) >> PAGE_SHIFT
         tail = Vmr(
             at, self.end, self.prot, self.name, self.buf, self.buf_off + (at - self.start),
-            self.backed[pages:], self.backing, self.backing_off + (at - self.start),
+            self.backed[pages:], self.backing, self.backing_off + (at - self.start), self.anon,
         )  # fmt: skip
         self.end = at
         del self.backed[pages:]
@@ -181,7 +185,8 @@ class AddressSpace:
     # -- map changes ------------------------------------------------------------
 
     def map(
-        self, start: int, length: int, prot: Prot, name: str = "", *, backed: bool = True, backing: bytes | None = None
+        self, start: int, length: int, prot: Prot, name: str = "", *, backed: bool = True, backing: bytes | None = None,
+        anon: bool = False,
     ) -> Vmr:
         """Map a new VMR.
 
@@ -192,6 +197,8 @@ class AddressSpace:
             backed: False leaves every page unbacked until `populate`.
             backing: initial contents (at most `length` bytes); with
                 backed=False they are copied in page by page as pages are populated.
+            anon: anonymous memory: an unbacked page is zero-filled by the
+                kernel at its first touch instead of faulting to the 2LS.
         Returns:
             The new Vmr.
         Raises:
@@ -209,7 +216,8 @@ class AddressSpace:
         except (OSError, OverflowError) as exc:
             raise MemError(f"map {name!r}: cannot allocate {length:#x} bytes for [{start:#x}, {start + length:#x}): "
                            f"{getattr(exc, 'strerror', None) or exc}") from None  # fmt: skip
-        vmr = Vmr(start, start + length, Prot(prot), name, buf, 0, bytearray([int(backed)]) * (length >> PAGE_SHIFT))
+        vmr = Vmr(start, start + length, Prot(prot), name, buf, 0, bytearray([int(backed)]) * (length >> PAGE_SHIFT),
+                  anon=anon)  # fmt: skip
         if backing is not None:
             vmr.backing = bytes(backing)
             if backed:

@@ -42,7 +42,7 @@ __all__ = [
     "uthread_cleanup", "uthread_create", "uthread_detach", "uthread_exit", "uthread_has_blocked",
     "uthread_init", "uthread_join", "uthread_paused", "uthread_prep_pending_signals",
     "uthread_prep_signal_from_fault", "uthread_signal", "trigger_posix_signal",
-    "uthread_runnable", "uthread_sched_yield", "uthread_self", "uthread_sleep", "uthread_yield",
+    "uthread_runnable", "uthread_sched_yield", "uthread_self", "uthread_sleep", "uthread_usleep", "uthread_yield",
     "vcore_id", "vcore_request_more", "vcore_request_total", "vcore_tick_disable", "vcore_tick_enable",
     "vcore_tick_poll", "vcore_yield",
 ]  # fmt: skip
@@ -340,8 +340,15 @@ def syscall(nr: int, *args: int) -> int:
 
 
 def uthread_sleep(ns: int) -> None:
-    """Sleep ns of virtual time (SYS_block, as Akaros's uthread_sleep)."""
-    syscall(SYS_block, ns)
+    """Sleep ns of virtual time, rounded up to whole microseconds: SYS_block takes microseconds
+    (kern/src/syscall.c, sys_block).  A simulator convenience; Akaros's uthread_sleep takes
+    seconds and uthread_usleep microseconds (user/parlib/uthread.c)."""
+    syscall(SYS_block, -(-ns // 1000))
+
+
+def uthread_usleep(usecs: int) -> None:
+    """uthread_usleep: sys_block(usecs) (user/parlib/uthread.c)."""
+    syscall(SYS_block, usecs)
 
 
 def call_guest(addr: int, *args: int) -> int:

@@ -9,10 +9,18 @@ like any other spending, so the holder, which is behind, gets to run.
 Waiters are kept by the 2LS's sync ops (FIFO by default): a Mutex hands the
 lock straight to the head waiter (no barging); a CondVar has Mesa semantics
 and enqueues the waiter before releasing the mutex.
+
+Timed waits (`Mutex.timed_lock`, `CondVar.timed_wait`: uth_mutex_timed_lock,
+uth_cond_var_timed_wait) set a parlib alarm (akaros_sim.alarm) whose handler,
+mutex.c's timeout_handler, takes the waiter off the sync's queue under the
+primitive's spinlock (`sync_get_uth`) and makes it runnable only if it was
+still there: whichever of the wake-up and the timeout takes it off first
+wins, and the other finds it gone, so it is made runnable exactly once.
 """
 
 from __future__ import annotations
 
+from akaros_sim.alarm import set_alarm, unset_alarm
 from akaros_sim.running import ParlibError, current_proc, uthread_ctx
 from akaros_sim.uthread import UTH_EXT_BLK_MUTEX, UthFlag, Uthread, uthread_yield, waits
 
@@ -88,6 +96,37 @@ class UthSync:
         return self._of
 
 
+class _Timeout:
+    """mutex.c's timeout_blob with its alarm (set_timeout_blob, set_timeout_alarm, timeout_handler).
+
+    Made while holding `lock`, before the waiter yields; `finish()` after it runs again:
+    unset_alarm, then whether it got what it waited for (not timed out)."""
+
+    __slots__ = ("proc", "uth", "sync", "lock", "what", "on_removed", "timed_out", "waiter")
+
+    def __init__(self, proc, uth, sync, lock, ns: int, what: str, on_removed=None) -> None:
+        self.proc, self.uth, self.sync, self.lock, self.what = proc, uth, sync, lock, what
+        self.on_removed = on_removed
+        self.timed_out = False
+        self.waiter = set_alarm(proc, proc.engine.time() + max(ns, 0), self._handler)
+
+    def _handler(self, _waiter) -> None:
+        proc = self.proc
+        self.lock.lock(proc)
+        if proc.call_op("sync_get_uth", self.sync, self.uth):  # __uth_sync_get_uth: still waiting?
+            self.timed_out = True
+            if self.on_removed is not None:
+                self.on_removed(self.uth)
+        self.lock.unlock()
+        if self.timed_out:
+            proc.trace_event(None, "timeout", uth=self.uth, on=self.what)
+            proc.call_op("thread_runnable", self.uth)
+
+    def finish(self) -> bool:
+        unset_alarm(self.proc, self.waiter)
+        return not self.timed_out
+
+
 class Mutex:
     """A uthread mutex (a semaphore of one): FIFO hand-off to the head waiter, no barging."""
 
@@ -110,6 +149,23 @@ class Mutex:
         vc = proc.engine.current
         proc.trace_event(vc, "mutex_block", uth=uth, mutex=self.name)
         uthread_yield(proc, vc, uth, True, self._block_cb)  # unlock hands the mutex over: owner is set
+
+    def timed_lock(self, ns: int) -> bool:
+        """uth_mutex_timed_lock (uth_semaphore_timed_down) with a timeout ns from now: True if it got
+        the mutex, False if the alarm went off first (user/parlib/mutex.c)."""
+        proc, _, uth = uthread_ctx("Mutex.timed_lock")
+        proc.engine.advance(proc.costs.python_step_ns)
+        self._lock.lock(proc)
+        if self.count > 0:
+            self.count -= 1
+            self.owner = uth
+            self._lock.unlock()
+            return True
+        timeout = _Timeout(proc, uth, self.sync, self._lock, ns, f"mutex {self.name!r}")
+        vc = proc.engine.current
+        proc.trace_event(vc, "mutex_block", uth=uth, mutex=self.name, timeout_ns=ns)
+        uthread_yield(proc, vc, uth, True, self._block_cb)
+        return timeout.finish()
 
     def _block_cb(self, uth: Uthread, _arg) -> None:
         proc = current_proc("Mutex")
@@ -158,9 +214,21 @@ class CondVar:
         self._lock = SpinPdrLock(name)
 
     def wait(self, mutex: Mutex) -> None:
-        proc, _, uth = uthread_ctx("CondVar.wait")
+        self._wait(mutex, None, "CondVar.wait")
+
+    def timed_wait(self, mutex: Mutex, ns: int) -> bool:
+        """uth_cond_var_timed_wait with a timeout ns from now: True if signalled, False if it timed
+        out; either way it holds the mutex again on return (user/parlib/mutex.c)."""
+        return self._wait(mutex, ns, "CondVar.timed_wait")
+
+    def _wait(self, mutex: Mutex, ns: int | None, what: str) -> bool:
+        proc, _, uth = uthread_ctx(what)
         proc.engine.advance(proc.costs.python_step_ns)
         self._lock.lock(proc)
+        timeout = None
+        if ns is not None:
+            timeout = _Timeout(proc, uth, self.sync, self._lock, ns, f"condition variable {self.name!r}",
+                               self._forget)  # fmt: skip
 
         def cb(uth, _arg):
             waits(proc, uth, f"condition variable {self.name!r}", "cv")
@@ -171,9 +239,18 @@ class CondVar:
             mutex.unlock()
 
         vc = proc.engine.current
-        proc.trace_event(vc, "cv_wait", uth=uth, cv=self.name)
+        if ns is None:
+            proc.trace_event(vc, "cv_wait", uth=uth, cv=self.name)
+        else:
+            proc.trace_event(vc, "cv_wait", uth=uth, cv=self.name, timeout_ns=ns)
         uthread_yield(proc, vc, uth, True, cb)
+        got = timeout.finish() if timeout is not None else True
         mutex.lock()
+        return got
+
+    def _forget(self, uth: Uthread) -> None:
+        if uth in self._waiters:
+            self._waiters.remove(uth)
 
     def signal(self) -> None:
         proc = current_proc("CondVar.signal")

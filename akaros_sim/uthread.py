@@ -343,7 +343,9 @@ def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
             return
         uth.tls_vcore = vc.id
     if vc.notif_pending:
-        # pop_user_ctx never leaves vcore context with a notification pending
+        # pop_user_ctx never leaves vcore context with a notification pending: the uthread did not run,
+        # its vcore handles the notification in vcore context first (as after an interrupt)
+        proc.set_uth_state(uth, BLOCKED, "interrupt", vc)
         engine.restart_vcore_entry(vc)
     vc.notif_disabled = False
     engine.run_uthread(vc, uth)

@@ -8,7 +8,7 @@ Kinds (docs/experiments.md has every parameter):
 * ``cpu``: each worker computes `size_ns` (`parlib.compute`, or a guest loop with
   ``mode = "guest"``);
 * ``io``: `bursts` times, compute `size_ns` then block in SYS_block (`uthread_sleep`)
-  for a latency drawn from `latency` / `latency_ns`;
+  for a latency drawn from `latency` / `latency_ns` (rounded up to whole us: SYS_block sleeps microseconds);
 * ``mutex``: `iters` times, hold one of `locks` Mutexes for `size_ns`, then think `think_ns`;
 * ``prodcons``: `producers` put `n` items (arriving per the arrival process) into a
   bounded queue, `consumers` take them and compute each item's `size_ns`;
@@ -21,7 +21,8 @@ workers, named ``NAME.0``, ``NAME.1``... (``NAME.R.I`` for fork-join tasks,
 ``NAME.pI`` / ``NAME.cI`` for producers and consumers).  For cpu, io, mutex and
 faults the driver sleeps until each arrival time and creates that worker
 (as a program's main thread calls pthread_create: the kernel makes no
-uthreads), so an arrival is late only if the 2LS runs the driver late; then
+uthreads), so an arrival is late only if the 2LS runs the driver late (or by
+the rounding of its sleep up to whole microseconds, SYS_block's unit); then
 it joins every worker and returns a count (its exit value, for `retvals`).
 Producers and the fork-join driver sleep between their arrivals the same way.
 
@@ -123,7 +124,7 @@ class Workload:
     params: tuple[tuple[str, object], ...]  # every parameter, defaults filled in, sorted
     arrivals: tuple[int, ...]  # ns after the driver starts: workers, items (prodcons) or rounds (forkjoin)
     sizes: tuple[int, ...]  # per worker, item or task (forkjoin: round by round): ns, or pages for faults
-    latencies: tuple[tuple[int, ...], ...] = ()  # io: per worker, each burst's SYS_block ns
+    latencies: tuple[tuple[int, ...], ...] = ()  # io: per worker, each burst's sleep ns (SYS_block: up to us)
     region: int | None = None  # faults: where its unbacked mapping starts
 
     def param(self, key: str):

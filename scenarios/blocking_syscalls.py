@@ -16,11 +16,11 @@ def say(text: str) -> None:
 
 
 def napper() -> int:
-    """Sleep once with SYS_nanosleep, whose latency the scenario injects; return the time slept."""
+    """Sleep 25 us with SYS_nanosleep(&nap_ts, NULL) (the timespec is in the guest's .data); return the time slept."""
     sim = current_sim()
     say("napper: zzz (nanosleep)\n")
     before = sim.now()
-    syscall(SYS_nanosleep, 0)
+    syscall(SYS_nanosleep, sim.programs["main"].symbol("nap_ts"), 0)
     slept = sim.now() - before
     say("napper: awake\n")
     return slept // 1000  # whole microseconds

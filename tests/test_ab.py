@@ -123,7 +123,7 @@ def test_same_2ls_twice_is_identical():
     assert "paired differences" not in out  # one seed: no interval
 
 
-@pytest.mark.parametrize("path", [SCENARIO, "scenarios/vcore_preemption.toml", "scenarios/blocking_syscalls.toml"])
+@pytest.mark.parametrize("path", [SCENARIO, "scenarios/vcore_preemption.toml", "scenarios/signal_delivery.toml"])
 def test_time_triggered_injections_are_identical_in_both_runs(path):
     """The plan is the scenario's: time-triggered inject records, tick storm starts and the preemptions they
     make happen at the same times on the same targets under pthread and roundrobin."""

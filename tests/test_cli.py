@@ -300,7 +300,7 @@ def test_explain_names_syscall_arguments_as_their_prototypes_do(capsys, monkeypa
     assert main(["explain", "scenarios/blocking_syscalls.toml", "--thread", "slow", "--kind", "syscall"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.split(maxsplit=6)[6] for line in lines[:2]] == [
-        "syscall #1 write(fd=1, buf=0x401000, len=18)", "syscall #2 block(ns=30000)",
+        "syscall #1 write(fd=1, buf=0x401000, len=18)", "syscall #2 block(usec=30)",
     ]
     assert _syscall_args("exit", (2**64 - 1,)) == "status=-1"
     assert _syscall_args("mmap", (0x30007000, 4096, 3, 0x8010, 0, 0)) == (

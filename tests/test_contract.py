@@ -144,7 +144,7 @@ def test_correct_2lses_never_trip_the_checker_on_blocking_work():
     def main():
         box["m"], box["cv"] = parlib.Mutex("m"), parlib.CondVar("cv")
         kids = [parlib.uthread_create(kid, i, name=f"k{i}") for i in range(6)]
-        parlib.syscall(SYS_block, 3000)
+        parlib.syscall(SYS_block, 3)
         with box["m"]:
             box["go"] = True
             box["cv"].broadcast()
@@ -217,7 +217,7 @@ def test_waiting_is_not_stalling():
     sim = Simulation(2, stall_ns=100_000)  # above the kernel's vcore grant latency, far below the waits
     sim.set_sched(PthreadSched())
     sim.spawn_python("sleeper", parlib.uthread_sleep, 5_000_000)
-    sim.spawn_python("blocker", parlib.syscall, SYS_block, 3_000_000)
+    sim.spawn_python("blocker", parlib.syscall, SYS_block, 3_000)
     result = sim.run()
     assert (result.end, result.report) == (RunEnd.ALL_EXITED, None)
     assert result.time_ns >= 5_000_000

@@ -27,6 +27,7 @@ def test_costs_defaults_are_the_documented_values():
         "fault_reflect_ns": 500,
         "syscall_latency_ns": 10_000,
         "populate_latency_ns": 20_000,
+        "page_zero_ns": 1_000,
         "vcore_grant_ns": 2_000,
         "preempt_duration_ns": 100_000,
         "slice_insns": 10_000,

@@ -268,7 +268,7 @@ results:
 .text
 _start:
     lea r12, [rip + results]
-    mov eax, 18              # mmap(0, 8192, RW, 0): pages not backed yet
+    mov eax, 18              # mmap(0, 8192, RW, 0, fd 0): a file (no MAP_ANONYMOUS), pages not cached
     xor edi, edi
     mov esi, 8192
     mov edx, 3
@@ -286,7 +286,7 @@ _start:
     syscall
     mov [r12 + 8], rax
     mov qword ptr [rax], 88          # backed already: no fault
-    mov eax, 18              # mmap(0, 4096, RW, 0)
+    mov eax, 18              # mmap(0, 4096, RW, 0, fd 0): a file again
     xor edi, edi
     mov esi, 4096
     mov edx, 3

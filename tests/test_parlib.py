@@ -512,7 +512,7 @@ def test_context_checks_name_the_function():
 
 
 def test_uthread_sleep_is_sys_block():
-    """uthread_sleep(ns) is a blocking SYS_block(ns): the uthread resumes no earlier than ns later."""
+    """uthread_sleep(ns) is a blocking SYS_block(usec), ns rounded up (sys_block takes microseconds)."""
     sim = make_sim()
     times = []
 
@@ -524,7 +524,7 @@ def test_uthread_sleep_is_sys_block():
     sim.spawn_python("s", s)
     sim.run()
     (call,) = sim.trace.of_kind("syscall")
-    assert (call.get("name"), call.get("args")) == ("block", (3000,))
+    assert (call.get("name"), call.get("args")) == ("block", (3,))
     assert sim.trace.of_kind("syscall_done")[0].t == call.t + 3000
     assert times[1] >= call.t + 3000
 

@@ -202,7 +202,7 @@ def test_blocked_syscall_resumes_after_its_latency_while_others_run():
 
     def sleeper():
         log.append(("sleeper calls", sim.now()))
-        log.append(("sleeper returns", parlib.syscall(SYS_block, 5000), sim.now()))
+        log.append(("sleeper returns", parlib.syscall(SYS_block, 5), sim.now()))
 
     def busy():
         log.append(("busy starts", sim.now()))
@@ -263,7 +263,7 @@ def test_thread_blockon_sysc_gets_the_pending_syscall():
     ops.thread_blockon_sysc = spy
     sim.spawn_python("s", parlib.uthread_sleep, 700)
     sim.run()
-    assert seen == [("s", SYS_block, (700,), SyscState.PENDING, True, True)]
+    assert seen == [("s", SYS_block, (1,), SyscState.PENDING, True, True)]
     assert sim.uthread("s").sysc is None  # restart_thread cleared it
 
 

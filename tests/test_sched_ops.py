@@ -421,7 +421,7 @@ def test_thread0_blocking_syscall_yields_the_vcore_until_completion():
 
     def main():
         log.append(("calls", sim.now()))
-        log.append(("returns", parlib.syscall(SYS_block, 4000), sim.now()))
+        log.append(("returns", parlib.syscall(SYS_block, 4), sim.now()))
 
     sim.spawn_python("main", main)
     res = sim.run()

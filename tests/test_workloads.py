@@ -52,7 +52,8 @@ def test_io_workers_are_mostly_blocked_on_syscalls():
         assert u.blocked_ns["syscall"] > 5 * u.run_ns
     sleeps = [r for r in sim.trace if r.kind == "syscall" and r.get("name") == "block" and r.uth.startswith("io.")]
     assert len(sleeps) == 5 * 3
-    assert [r.get("args")[0] for r in sleeps if r.uth == "io.0"] == list(wl.latencies[0])
+    # SYS_block takes microseconds (sys_block): each drawn ns latency, rounded up
+    assert [r.get("args")[0] for r in sleeps if r.uth == "io.0"] == [-(-ns // 1000) for ns in wl.latencies[0]]
 
 
 def test_mutex_workers_block_on_the_mutex_and_count_exactly():

@@ -17,6 +17,7 @@ from akaros_sim.kernel import (
     EV_SYSCALL,
     EV_USER_IPI,
     EV_VCORE_PREEMPT,
+    MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_POPULATE,
 )
@@ -41,7 +42,7 @@ _STATUS = {
 # "d" signed decimal, "x" hex, "prot" PROT_ bits, "map" MAP_ flags.  Arguments past the last are not shown.
 _PROTOTYPES = {
     "null": (), "getvcoreid": (), "gettime": (), "uthread_yield": (), "sigreturn": (),
-    "block": (("ns", "d"),), "exit": (("status", "d"),), "proc_yield": (("being_nice", "d"),),
+    "block": (("usec", "d"),), "exit": (("status", "d"),), "proc_yield": (("being_nice", "d"),),
     "write": (("fd", "d"), ("buf", "x"), ("len", "d")),
     "mmap": (("addr", "x"), ("len", "d"), ("prot", "prot"), ("flags", "map"), ("fd", "d"), ("offset", "d")),
     "munmap": (("addr", "x"), ("len", "d")),
@@ -52,7 +53,8 @@ _PROTOTYPES = {
     "sigaction": (("signo", "d"), ("handler", "x")),
 }  # fmt: skip
 _PROT_BITS = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
-_MAP_BITS = ((MAP_FIXED, "MAP_FIXED"), (MAP_POPULATE, "MAP_POPULATE"))
+_MAP_BITS = ((1, "MAP_SHARED"), (2, "MAP_PRIVATE"), (MAP_FIXED, "MAP_FIXED"), (MAP_ANONYMOUS, "MAP_ANONYMOUS"),
+             (MAP_POPULATE, "MAP_POPULATE"))  # fmt: skip
 
 
 def _bits(value: int, names, none: str) -> str:

@@ -84,8 +84,9 @@ long mapper(unsigned long seed)
 		unsigned long *page = (unsigned long *)(REGION + page_no * PAGE_SIZE);
 
 		if (!mapped[page_no]) {
-			/* as the assembly version: fd 0, no MAP_ANONYMOUS (a file-like VMR whose unbacked
-			 * pages fault with PF_VMR_BACKED and are populated by the 2LS) */
+			/* as the assembly version, a file mapping: fd 0 and no MAP_ANONYMOUS (do_mmap's rule),
+			 * so an unbacked page is not in the page cache: its first touch faults with
+			 * PF_VMR_BACKED and the 2LS populates it (an anonymous page the kernel would zero-fill) */
 			int flags = MAP_FIXED | ((r >> 50) & 1 ? MAP_POPULATE : 0);
 
 			if (mmap(page, PAGE_SIZE, PROT_READ | PROT_WRITE, flags, 0, 0) != page)

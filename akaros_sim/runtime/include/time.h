@@ -1,4 +1,4 @@
-/* time.h: clock_gettime and nanosleep on the simulator's virtual time (ns since the run began). */
+/* time.h: clock_gettime and nanosleep on the simulator's virtual time (clock_gettime: ns since the run began). */
 #ifndef AKAROS_TIME_H
 #define AKAROS_TIME_H
 
@@ -24,13 +24,11 @@ static inline int clock_gettime(clockid_t clk, struct timespec *ts)
 	return 0;
 }
 
+/* As glibc's: the timespec pointers go to SYS_nanosleep, which sleeps the time rounded up to whole
+ * microseconds and zeroes *rem (no sleep is ever interrupted). */
 static inline int nanosleep(const struct timespec *req, struct timespec *rem)
 {
-	if (rem) {
-		rem->tv_sec = 0;
-		rem->tv_nsec = 0;
-	}
-	return sys_block((unsigned long)req->tv_sec * 1000000000UL + (unsigned long)req->tv_nsec) ? -1 : 0;
+	return sys_nanosleep(req, rem) ? -1 : 0;
 }
 
 #endif

@@ -19,7 +19,7 @@ static inline __attribute__((noreturn)) void _exit(int status)
 
 static inline int usleep(unsigned long us)
 {
-	return sys_block(us * 1000) ? -1 : 0;
+	return sys_block(us) ? -1 : 0;	/* SYS_block takes microseconds, as glibc's usleep passes them */
 }
 
 #endif

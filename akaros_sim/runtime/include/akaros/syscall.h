@@ -12,7 +12,7 @@
 
 /* kernel syscalls (Akaros numbering) */
 #define SYS_null		1
-#define SYS_block		2	/* (ns): sleep ns of virtual time */
+#define SYS_block		2	/* (usec): sleep usec microseconds (sys_block) */
 #define SYS_getvcoreid		8
 #define SYS_proc_destroy	12	/* (status): exit the process */
 #define SYS_proc_yield		13
@@ -20,7 +20,7 @@
 #define SYS_munmap		19
 #define SYS_mprotect		20
 #define SYS_populate_va		32
-#define SYS_nanosleep		36
+#define SYS_nanosleep		36	/* (const struct timespec *req, struct timespec *rem) */
 #define SYS_write		101
 #define SYS_gettime		0x200	/* virtual ns */
 /* parlib */
@@ -80,9 +80,18 @@ static inline __attribute__((noreturn)) void sys_exit(int status)
 	__builtin_unreachable();
 }
 
-static inline long sys_block(unsigned long ns)
+/* Sleep usec microseconds of virtual time: Akaros's sys_block(p, usec), as glibc's usleep and
+ * parlib's uthread_usleep call it. */
+static inline long sys_block(unsigned long usec)
 {
-	return __syscall1(SYS_block, ns);
+	return __syscall1(SYS_block, usec);
+}
+
+/* sys_nanosleep: req and rem point to struct timespec (time.h); 0 or a negative errno
+ * (-EFAULT for a bad pointer, -EINVAL for a bad timespec). */
+static inline long sys_nanosleep(const void *req, void *rem)
+{
+	return __syscall2(SYS_nanosleep, req, rem);
 }
 
 static inline unsigned long sys_gettime(void)
