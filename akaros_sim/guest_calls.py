@@ -29,8 +29,8 @@ import errno
 import weakref
 
 from akaros_sim import join as _join
+from akaros_sim.guestmem import write_for_guest
 from akaros_sim.kernel import neg_errno
-from akaros_sim.memory import MemError
 from akaros_sim.sync import CondVar, Mutex
 from akaros_sim.uthread import UthreadEntry, UthreadRunError
 
@@ -112,11 +112,8 @@ def guest_call(proc, uth, nr: int, a) -> int:  # noqa: C901 - one branch per cal
             value = _exit_value(_join.uthread_join(proc, uth, target))
         except UthreadRunError:
             return neg_errno(errno.EINVAL)
-        if a[1]:
-            try:
-                proc.mem.write_u64(a[1], value)
-            except MemError:
-                return neg_errno(errno.EFAULT)
+        if a[1] and not write_for_guest(proc, a[1], value, "the join result", efault=True):
+            return neg_errno(errno.EFAULT)
         return 0
     if nr == SYS_uthread_self:
         return uth.id

@@ -440,7 +440,7 @@ class Kernel:
         elif nr == SYS_block:
             self._complete_later(sysc, a[0] * 1000, 0)  # sys_block(p, usec): kthread_usleep(usec)
         elif nr == SYS_nanosleep:
-            usec = nanosleep_usec(self.proc.mem, a[0], a[1])  # (req, rem): struct timespec pointers
+            usec = nanosleep_usec(self.proc, a[0], a[1])  # (req, rem): struct timespec pointers
             if usec < 0:
                 self._done(sysc, neg_errno(-usec))
             else:

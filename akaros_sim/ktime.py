@@ -18,23 +18,21 @@ from __future__ import annotations
 import errno
 import struct
 
+from akaros_sim.guestmem import write_for_guest
 from akaros_sim.memory import MemError
 
 _TIMESPEC = struct.Struct("<qq")
 _NSEC_MAX = 999_999_999
 
 
-def nanosleep_usec(mem, req: int, rem: int) -> int:
+def nanosleep_usec(proc, req: int, rem: int) -> int:
     """sys_nanosleep's checks: the microseconds to sleep, or -errno (a negative int)."""
     try:
-        sec, nsec = _TIMESPEC.unpack(mem.read(req, _TIMESPEC.size))
+        sec, nsec = _TIMESPEC.unpack(proc.mem.read(req, _TIMESPEC.size))
     except (MemError, ValueError):
         return -errno.EFAULT
-    if rem:
-        try:
-            mem.write(rem, _TIMESPEC.pack(0, 0))
-        except (MemError, ValueError):
-            return -errno.EFAULT
+    if rem and not write_for_guest(proc, rem, _TIMESPEC.pack(0, 0), "nanosleep's *rem", efault=True):
+        return -errno.EFAULT  # memcpy_to_user failed
     if sec < 0 or not 0 <= nsec <= _NSEC_MAX:
         return -errno.EINVAL
     return sec * 1_000_000 + -(-nsec // 1000)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from akaros_sim import join as _join
 from akaros_sim import uthread as _uth
 from akaros_sim import vcore as _vcore
+from akaros_sim.guestmem import read_for_guest, write_for_guest
 from akaros_sim.kernel import EV_SYSCALL, EventQueue, SYS_block
 from akaros_sim.process import VDSO_GUEST_RETURN
 from akaros_sim.running import ParlibError, current_proc, uthread_ctx, vcore_ctx
@@ -35,14 +36,14 @@ __all__ = [
     "UTH_EXT_BLK_EVENTQ", "UTH_EXT_BLK_MISC", "UTH_EXT_BLK_MUTEX", "UTH_EXT_BLK_YIELD",
     "SIGILL", "SIGTRAP", "SIGBUS", "SIGFPE", "SIGSEGV", "FPE_INTDIV", "SEGV_MAPERR", "SEGV_ACCERR",
     "CondVar", "Mutex", "ParlibError", "UthSync",
-    "block_uthread_on_async_sysc", "call_guest", "check_preempt_pending", "compute", "current_sim",
-    "current_uthread", "exit", "fault_report", "get_eventq", "handle_events", "in_vcore_context",
+    "assert_failed", "block_uthread_on_async_sysc", "call_guest", "check_preempt_pending", "compute", "current_sim",
+    "current_uthread", "exit", "fault_report", "get_eventq", "guest_read", "guest_write", "handle_events", "in_vcore_context",
     "max_vcores", "num_vcores", "register_ev_handler", "register_evq", "run_current_uthread",
     "run_uthread", "stop_current_uthread", "syscall", "syscall_async", "trace", "uthread_2ls_init",
     "uthread_cleanup", "uthread_create", "uthread_detach", "uthread_exit", "uthread_has_blocked",
     "uthread_init", "uthread_join", "uthread_paused", "uthread_prep_pending_signals",
     "uthread_prep_signal_from_fault", "uthread_signal", "trigger_posix_signal",
-    "uthread_runnable", "uthread_sched_yield", "uthread_self", "uthread_sleep", "uthread_usleep", "uthread_yield",
+    "uth_sync_get_next", "uthread_runnable", "uthread_sched_yield", "uthread_self", "uthread_sleep", "uthread_usleep", "uthread_yield",
     "vcore_id", "vcore_request_more", "vcore_request_total", "vcore_tick_disable", "vcore_tick_enable",
     "vcore_tick_poll", "vcore_yield",
 ]  # fmt: skip
@@ -259,6 +260,32 @@ def exit(status: int, report: str | None = None) -> None:  # noqa: A001 - parlib
     current_proc("exit").exit(status, "exit", report)
 
 
+def assert_failed(file: str, line: int, msg: str) -> None:
+    """parlib's _assert_failed (user/parlib/panic.c): print, breakpoint() (the kernel prints a
+    backtrace and the thread carries on), abort(): SIGABRT's default action dumps core (128 + 6)."""
+    proc = current_proc("assert_failed")
+    vc = proc.engine.current
+    where = vc.id if vc is not None else "-"
+    proc.exit(128 + 6, "SIGABRT (default action)",
+              f"[user] {file}:{line}, vcore {where}, Assertion failed: {msg}: abort() dumps core (exit status 134)")
+
+
+def guest_write(addr: int, data: bytes | int, what: str) -> bool:
+    """A store into guest memory in vcore context (bytes, or an int as a u64): False, and the process
+    ends as Akaros's reflect_unhandled_trap -> proc_destroy ends it, if the page faults."""
+    return write_for_guest(current_proc("guest_write"), addr, data, what)
+
+
+def guest_read(addr: int, size: int, what: str) -> bytes | None:
+    """A load from guest memory in vcore context: None, and the process ends, if the page faults."""
+    return read_for_guest(current_proc("guest_read"), addr, size, what)
+
+
+def uth_sync_get_next(sync):
+    """__uth_sync_get_next (user/parlib/uthread.c): the 2LS's sync_get_next op, a plain call."""
+    return current_proc("uth_sync_get_next").ops.sync_get_next(sync)
+
+
 def fault_report(uth: Uthread, headline: str) -> str:
     """The text a 2LS prints for an unhandled fault: trap, rip, disassembly, registers."""
     return current_proc("fault_report").fault_report(uth, headline)
@@ -360,12 +387,13 @@ def call_guest(addr: int, *args: int) -> int:
         proc.setup_guest_stack(uth)
         uth.ctx.rsp = uth.stack_hi
         proc.setup_tls(uth)
-        proc.mem.write_u64(uth.tls, vc.id)
+        write_for_guest(proc, uth.tls, vc.id, f"writing the vcore id into the TLS of uthread {uth.name!r}")
         uth.tls_vcore = vc.id
     ctx = uth.ctx
     ctx.rip = addr
     ctx.rsp = ((ctx.rsp if ctx.rsp else uth.stack_hi) - 64) & ~0xF
-    proc.mem.write_u64(ctx.rsp - 8, VDSO_GUEST_RETURN)
+    if not write_for_guest(proc, ctx.rsp - 8, VDSO_GUEST_RETURN, f"pushing the return address of uthread {uth.name!r}"):
+        return 0
     ctx.rsp -= 8
     for reg, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args, strict=False):
         setattr(ctx, reg, value & ((1 << 64) - 1))

@@ -25,6 +25,7 @@ from akaros_sim.cpu import Cpu
 from akaros_sim.disasm import describe_insn
 from akaros_sim.engine import Costs, Engine, Entry, RunEnd, VcoreState
 from akaros_sim.guest import Guest, trap_insn_addr
+from akaros_sim.guestmem import write_for_guest
 from akaros_sim.interpose import HandlerChain
 from akaros_sim.join import uthread_exit
 from akaros_sim.kernel import Kernel, ProcState, SYS_guest_return, SYS_sigreturn, SYS_uthread_exit
@@ -365,7 +366,8 @@ class Process:
             self.setup_tls(uth)
             for reg, value in zip(_ARG_REGS, uth.entry.args, strict=False):
                 setattr(uth.ctx, reg, value & U64)
-            self.mem.write_u64(uth.ctx.rsp, VDSO_EXIT)  # returning from entry exits the uthread
+            # returning from entry exits the uthread
+            write_for_guest(self, uth.ctx.rsp, VDSO_EXIT, f"pushing the exit address of uthread {uth.name!r}")
         self.trace_event(None, "uthread_create", uth=uth, type=uth.kind.value, id=uth.id)
         t = self.engine.time()
         uth.times = self.timeline.created(t, uth.name)
@@ -383,7 +385,7 @@ class Process:
             raise ProcessError(f"setup_tls: more than {TLS_AREA_SIZE // TLS_SLOT} guest uthreads need TLS")
         uth.tls = self._tls_next
         self._tls_next += TLS_SLOT
-        self.mem.write_u64(uth.tls + 8, uth.id)
+        write_for_guest(self, uth.tls + 8, uth.id, f"writing the id into the TLS of uthread {uth.name!r}")
         uth.ctx.fs_base = uth.tls
 
     def setup_guest_stack(self, uth: Uthread, size: int = DEFAULT_STACK) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 
 from akaros_sim.context import REG_NAMES
+from akaros_sim.guestmem import write_for_guest
 from akaros_sim.kernel import EV_POSIX_SIGNAL, EventMsg, EventQueue
 from akaros_sim.memory import MemError
 from akaros_sim.uthread import Uthread, UthreadKind, uthread_yield
@@ -213,12 +214,14 @@ class Signals:
         info = struct.pack("<3Q", signo, code, addr)
         base = (ctx.rsp - RED_ZONE - len(frame) - len(info)) & ~0xF
         sp = (base - 8) & ~0xF
-        try:
-            proc.mem.write(base, frame + info)
-            proc.mem.write_u64(sp - 8, self._trampoline)  # the handler's return address
-        except MemError as exc:  # vcore context faults on the uthread's stack: the process dies (as in Akaros)
-            proc.exit(-1, "exit", proc.fault_report(
-                uth, f"{name}: page fault in vcore context pushing the signal frame below rsp={ctx.rsp:#x} ({exc})"))
+        def died(exc) -> str:  # vcore context faults on the uthread's stack: the process dies (as in Akaros)
+            return proc.fault_report(
+                uth, f"{name}: page fault in vcore context pushing the signal frame below rsp={ctx.rsp:#x} ({exc})")
+
+        what = "pushing the signal frame"
+        if not (write_for_guest(proc, base, frame + info, what, report=died)
+                and write_for_guest(proc, sp - 8, self._trampoline, what, report=died)):  # the handler's return address
+            return
         uth.sigdata = base
         proc.timeline.signal(uth.name)
         proc.trace_event(uth.vcore, "signal", uth=uth, signo=signo, code=code, addr=addr, handler=handler, frame=base)

@@ -33,9 +33,9 @@ import attrs
 
 from akaros_sim.context import UserContext
 from akaros_sim.engine import Entry, Interrupt
+from akaros_sim.guestmem import write_for_guest
 from akaros_sim.interpose import FaultStatus, HandlerFailed
 from akaros_sim.kernel import SyscState
-from akaros_sim.memory import MemError
 from akaros_sim.timeline import BLOCKED, RUNNABLE, RUNNING
 
 if TYPE_CHECKING:
@@ -335,11 +335,8 @@ def _pop(proc, vc, uth: Uthread, how: str, resume: bool = False) -> None:
         proc.resume_chain(uth, uth.ctx, why.value)
     if uth.tls and uth.tls_vcore != vc.id:
         # the rseq-like cpu_id the guest reads at fs:[0], rewritten when it lands on another vcore
-        try:
-            proc.mem.write_u64(uth.tls, vc.id)
-        except MemError as exc:  # the guest unmapped its own TLS: vcore context faults, which kills the process
-            proc.exit(-1, "exit", f"page fault in vcore context (vcore {vc.id}) writing the vcore id into "
-                                  f"the TLS of uthread {uth.name!r} at {uth.tls:#x}: {exc}")  # fmt: skip
+        # the guest unmapped its own TLS: vcore context faults, which kills the process (guestmem.py)
+        if not write_for_guest(proc, uth.tls, vc.id, f"writing the vcore id into the TLS of uthread {uth.name!r}"):
             return
         uth.tls_vcore = vc.id
     if vc.notif_pending:

@@ -34,13 +34,15 @@ from akaros_sim.parlib import (
     SIGSEGV,
     UTH_EXT_BLK_MUTEX,
     UTH_EXT_BLK_YIELD,
+    assert_failed,
     block_uthread_on_async_sysc,
     check_preempt_pending,
-    current_sim,
     current_uthread,
     exit,
     fault_report,
     get_eventq,
+    guest_read,
+    guest_write,
     handle_events,
     max_vcores,
     register_evq,
@@ -49,6 +51,7 @@ from akaros_sim.parlib import (
     syscall_async,
     trace,
     trigger_posix_signal,
+    uth_sync_get_next,
     uthread_2ls_init,
     uthread_cleanup,
     uthread_init,
@@ -219,13 +222,15 @@ class PthreadSched:
         trigger_posix_signal(signo, current_uthread())
 
     def thread_bulk_runnable(self, sync) -> None:
+        """pth_thread_bulk_runnable: every wakee through __uth_sync_get_next (the sync ops, whichever
+        the 2LS has), then vcore_request_more(threads_ready).  Akaros calls it only for a non-empty
+        sync (__uth_cond_var_wake_all checks first), so it asks for vcores only when it woke someone."""
         woken = 0
-        while sync.queue:
-            pth = sync.queue.popleft()
+        while (pth := uth_sync_get_next(sync)) is not None:
             pth.pth_state = PthState.RUNNABLE
             self.ready_queue.append(pth)
+            self.threads_ready += 1
             woken += 1
-        self.threads_ready += woken
         if woken:
             vcore_request_more(self.threads_ready)
 
@@ -235,9 +240,17 @@ class PthreadSched:
         self._restart_thread(sysc)
 
     def _restart_thread(self, sysc) -> None:
+        """restart_thread (user/pthread/pthread.c) with its asserts: a failed one is abort()."""
         uth = sysc.u_data
+        if uth is None:
+            return assert_failed("pthread.c", 230, "ut_restartee")
+        if uth.pth_state != PthState.BLK_SYSC:
+            return assert_failed("pthread.c", 231, "((struct pthread_tcb*)ut_restartee)->state == PTH_BLK_SYSC")
+        if uth.sysc is not sysc:
+            return assert_failed("pthread.c", 232, "ut_restartee->sysc == sysc")
         uth.sysc = None
         self.thread_runnable(uth)
+        return None
 
     def _signal_and_restart(self, uth: PthreadTcb, signo: int, code: int, addr: int) -> None:
         uthread_prep_signal_from_fault(uth, signo, code, addr)
@@ -245,12 +258,19 @@ class PthreadSched:
 
     def _handle_gp_fault(self, uth: PthreadTcb, ctx) -> None:
         if ctx.rax >> 48 == GO_TABLE_MAGIC:
+            # handle_gp_fault -> set_up_go_table (user/pthread/pthread.c), in vcore context: a table
+            # that is not mapped faults there (reflect_unhandled_trap -> proc_destroy), and one whose
+            # table[7] is not 0xDEADBEEF fails its assert (abort)
             table = ctx.rax & 0xFFFF_FFFF_FFFF
-            mem = current_sim().mem
             funcs = [GO_TABLE_FUNC_BASE + i for i in range(GO_TABLE_ENTRIES)]
-            mem.write(table, struct.pack(f"<{GO_TABLE_ENTRIES}Q", *funcs))
-            if mem.read_u64(table + 8 * GO_TABLE_ENTRIES) != GO_TABLE_SENTINEL:
-                raise PthreadError(f"Go table at {table:#x}: entry 7 is not 0xDEADBEEF")
+            if not guest_write(table, struct.pack(f"<{GO_TABLE_ENTRIES}Q", *funcs), "setting up the Go table"):
+                return
+            sentinel = guest_read(table + 8 * GO_TABLE_ENTRIES, 8, "checking the Go table's table[7]")
+            if sentinel is None:
+                return
+            if int.from_bytes(sentinel, "little") != GO_TABLE_SENTINEL:
+                assert_failed("pthread.c", 380, "table[7] == (void*) 0xDEADBEEF")
+                return
             trace("go_table", table=table)
             ctx.rip += 2  # skip the 2-byte `call rax`
             self.thread_runnable(uth)
