@@ -239,10 +239,11 @@ class Kernel:
         """SYS_proc_yield from vcore context.  True: the vcore is now offline."""
         if vc.notif_pending:
             return False
-        if being_nice:
-            if not vc.preempt_pending:
-                return False
-        elif self.amt_wanted >= self.num_vcores():
+        # proc_yield (kern/src/process.c): a nice yield needs a pending preemption; with one pending,
+        # any yield goes ahead (the pcore is wanted) even if amt_wanted >= num_vcores
+        if being_nice and not vc.preempt_pending:
+            return False
+        if not vc.preempt_pending and self.amt_wanted >= self.num_vcores():
             return False
         vc.preempt_pending = 0
         self.set_vcore_state(vc, VcoreState.OFFLINE)

@@ -4,6 +4,10 @@ The default 2LS of a process that never asked for one: it runs thread0 and
 nothing else, on vcore 0.  A blocking syscall makes the vcore yield until the
 completion event; a VMR-backed page fault blocks on SYS_populate_va; every
 other fault prints "Thread has unhandled fault" and the process exits(-1).
+An idle vcore 0 calls sys_yield(FALSE) (vcore_yield(False)); the sync ops are
+thread0's own (the only waiter there can be is thread0, while it is blocked), so,
+as in Akaros, a CV wait gets its own mutex handed back by the wait's unlock and
+its re-lock then blocks for good: thread0 programs do not wait on CVs.
 Creating a second thread is an error, as in Akaros (a panic there).
 """
 
@@ -99,6 +103,26 @@ class Thread0Sched:
         uthread_init(uth)
         self.thread0 = uth
         return uth
+
+    # thread0's own sync ops (thread0_sched.c): there is one thread, so a sync object holds nothing;
+    # "the waiter" is thread0 whenever it is blocked (is_blocked is cleared by thread_runnable only)
+
+    def sync_enqueue(self, uth: Uthread, sync) -> None:
+        pass
+
+    def sync_get_next(self, sync) -> Uthread | None:
+        return self.thread0 if self.is_blocked else None
+
+    def sync_get_uth(self, sync, uth: Uthread) -> bool:
+        if uth is not self.thread0:
+            raise Thread0Error(f"thread0 2LS: sync_get_uth for {uth.name!r}, not thread0")  # its assert
+        return self.is_blocked
+
+    def sync_swap(self, a, b) -> None:
+        pass
+
+    def sync_is_empty(self, sync) -> bool:
+        return not self.is_blocked
 
     def got_posix_signal(self, signo: int, info) -> None:
         trigger_posix_signal(signo, current_uthread() or self.thread0)  # thread0_got_posix_signal
