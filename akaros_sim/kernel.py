@@ -144,6 +144,7 @@ class Kernel:
         self.console: list[str] = []
         self._grant_pending = 0
         self._online = 0  # vcores ONLINE (num_vcores), kept by set_vcore_state
+        self._inactive_seq = 0  # how many times a vcore has gone off its pcore (inactive_vcs order)
         self._sysc_ids = 0
         self.latency_override: dict[int, int] = {}
         self.mm = Mm(proc)  # mmap, munmap, mprotect, kernel-handled page faults (mm.py)
@@ -158,6 +159,9 @@ class Kernel:
         was = vc.online
         vc.set_state(new)
         self._online += vc.online - was
+        if was and not vc.online:  # to the head of Akaros's inactive_vcs (TAILQ_INSERT_HEAD)
+            self._inactive_seq += 1
+            vc.inactive_at = self._inactive_seq
         if not vc.online and vc.tick_event is not None:  # off its pcore: no more ticks
             vc.tick_event.cancelled, vc.tick_event = True, None
 
@@ -193,12 +197,12 @@ class Kernel:
             self.bring_online(vc, self.engine.now)
 
     def _free_vcores(self) -> list:
-        """Vcores the ksched can grant now, in grant order: those with mail waiting
-        first (Akaros grants the head of its inactive list, where events for a
-        waiting process were posted), then by id."""
+        """Vcores the ksched can grant now, in grant order: those with mail waiting first, then
+        Akaros's inactive_vcs order (kern/src/process.c: __proc_give_cores_* take its head; it
+        starts in id order and a vcore that yields or is preempted goes to its head)."""
         now = self._kernel_now()
         free = [vc for vc in self.engine.vcores if not vc.online and vc.unavailable_until <= now]
-        return sorted(free, key=lambda vc: (not vc.mailbox, vc.id))
+        return sorted(free, key=lambda vc: (not vc.mailbox, -vc.inactive_at))
 
     def _free_vcore(self):
         free = self._free_vcores()

@@ -77,6 +77,7 @@ class Vcore:
         self.preempt_pending = 0  # deadline of a preemption warning, 0 = none
         self.pending_duration: int | None = None  # how long the warned pcore will be away
         self.nr_preempts = 0
+        self.inactive_at = -vcoreid  # its place on inactive_vcs: the latest to go offline is granted first
         self.changed_away = False  # VC_PREEMPTED after a change_to_vcore: its mailbox is for a peer to check
         # VCPD: notifications and mailbox
         self.notif_disabled = True

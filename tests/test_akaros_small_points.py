@@ -117,3 +117,25 @@ def test_thread0_has_its_own_sync_ops():
     ]  # fmt: skip
     assert sched.is_blocked and sched.sync_get_next(None) is sched.thread0
     assert sched.sync_get_uth(None, sched.thread0) is True
+
+
+def test_grants_take_the_most_recently_inactive_vcore_first():
+    """__proc_give_cores_* take the head of inactive_vcs (kern/src/process.c): it starts in id order (proc
+    init's TAILQ_INSERT_TAIL) and proc_yield / a preemption put a vcore at its head (TAILQ_INSERT_HEAD);
+    a vcore with mail waiting still comes first."""
+    from akaros_sim.engine import VcoreState
+
+    sim = Simulation(4, seed=1)
+    sim.set_sched(PthreadSched())
+    kernel, vcores = sim.kernel, sim.engine.vcores
+    assert [vc.id for vc in kernel._free_vcores()] == [0, 1, 2, 3]  # never online: id order
+    for i in (0, 1, 2, 3):
+        kernel.set_vcore_state(vcores[i], VcoreState.ONLINE)
+    for i in (2, 0, 3):  # yields, in this order
+        kernel.set_vcore_state(vcores[i], VcoreState.OFFLINE)
+    assert [vc.id for vc in kernel._free_vcores()] == [3, 0, 2]
+    kernel.set_vcore_state(vcores[1], VcoreState.PREEMPTED)
+    vcores[1].unavailable_until = 0
+    assert [vc.id for vc in kernel._free_vcores()] == [1, 3, 0, 2]
+    vcores[2].mailbox.append("mail")
+    assert [vc.id for vc in kernel._free_vcores()] == [2, 1, 3, 0]
