@@ -264,8 +264,11 @@ class CondVar:
 
     def broadcast(self) -> None:
         proc = current_proc("CondVar.broadcast")
-        local = UthSync()
         self._lock.lock(proc)
+        if proc.call_op("sync_is_empty", self.sync):  # __uth_cond_var_wake_all (mutex.c): nobody to wake
+            self._lock.unlock()
+            return
+        local = UthSync()
         proc.call_op("sync_swap", local, self.sync)
         self._lock.unlock()
         woken, self._waiters = self._waiters, []

@@ -139,3 +139,21 @@ def test_grants_take_the_most_recently_inactive_vcore_first():
     assert [vc.id for vc in kernel._free_vcores()] == [1, 3, 0, 2]
     vcores[2].mailbox.append("mail")
     assert [vc.id for vc in kernel._free_vcores()] == [2, 1, 3, 0]
+
+
+def test_a_broadcast_with_no_waiter_wakes_nobody_and_asks_for_no_vcore():
+    """uth_cond_var_broadcast -> __uth_cond_var_wake_all (user/parlib/mutex.c): an empty sync is not swapped
+    and thread_bulk_runnable (which would vcore_request_more) is not called."""
+    sim = Simulation(2, seed=1)
+    sim.set_sched(PthreadSched())
+
+    def main():
+        m, cv = parlib.Mutex("m"), parlib.CondVar("cv")
+        with m:
+            cv.broadcast()
+
+    sim.spawn_python("main", main)
+    assert sim.run().end is RunEnd.ALL_EXITED
+    ops = [r.get("op") for r in sim.trace.of_kind("op")]
+    assert "sync_is_empty" in ops
+    assert "sync_swap" not in ops and "thread_bulk_runnable" not in ops
