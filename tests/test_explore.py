@@ -106,3 +106,50 @@ def test_a_bad_schedule_file_is_named(tmp_path):
     bad.write_text('{"format": "akaros-sim-schedule/1", "choices": [{"preempt": {"when": {"nth": 2}}}]}')
     with pytest.raises(ex.ExploreError, match=r"choices\[0\]: point"):
         ex.load(bad)
+
+
+LOSSY_2LS = '''
+from akaros_sim.parlib import vcore_id
+from schedops.roundrobin import RoundRobinSched
+
+
+class LossyRecovery(RoundRobinSched):
+    """Round-robin whose thread_paused forgets a uthread recovered from ANOTHER vcore (uthread_pause why
+    "preempted", by handle_vc_preempt): it assumes the uthread's own vcore will run it again."""
+
+    name = "lossy-recovery"
+
+    def thread_paused(self, uth):
+        ran_on = [vc for vc, occ in enumerate(self._occupant) if occ is not None and occ[0] is uth]
+        if ran_on and ran_on[0] != vcore_id():
+            self._left(uth)  # the bug: not queued again
+            return
+        super().thread_paused(uth)
+'''
+
+
+def test_exhaustive_finds_a_wake_up_lost_only_when_a_running_uthread_is_preempted(tmp_path):
+    """A 2LS that loses a uthread only when a vcore is preempted while running one (its recovery by another
+    vcore goes through thread_paused): a preemption anywhere else is harmless, the default run passes, and
+    bounded exhaustive search with k=1 finds the point, shrinks it to one injection, and the saved schedule
+    replays to the same failure and trace."""
+    (tmp_path / "lossy.py").write_text(LOSSY_2LS, encoding="utf-8")
+    path = small(tmp_path, "ras_counter")
+    path.write_text(path.read_text(encoding="utf-8").replace('name = "roundrobin"', 'name = "lossy.py:LossyRecovery"'),
+                    encoding="utf-8")  # fmt: skip
+    scenario = load_scenario(path)
+    assert ex.run_choices(scenario, ()).failure is None  # no preemption, no loss
+    in_vcore_context = {"preempt": {"vcore": None, "when": {"in": "vcore_context", "vcore": 0, "nth": 1}}}
+    assert ex.run_choices(scenario, [in_vcore_context]).failure is None  # recovered by change_to_vcore: harmless
+
+    result = ex.explore(scenario, "exhaustive", runs=60, max_preemptions=1)
+    assert result.found is not None
+    failure = result.shrunk.failure
+    assert failure.startswith("2LS contract") and "lost uthread" in failure and "thread_paused" in failure
+    (choice,) = result.shrunk.choices
+    assert "uthread" in choice["preempt"]["when"]  # a point inside a uthread's run, not in vcore context
+
+    out = tmp_path / "cx.json"
+    ex.save(out, scenario, result.shrunk)
+    again = ex.run_choices(scenario, ex.load(out))
+    assert (again.failure, again.digest) == (failure, result.shrunk.digest)
