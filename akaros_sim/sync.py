@@ -137,14 +137,21 @@ class Mutex:
         self.owner: Uthread | None = None
         self._lock = SpinPdrLock(name)
 
-    def lock(self) -> None:
-        proc, _, uth = uthread_ctx("Mutex.lock")
-        proc.engine.advance(proc.costs.python_step_ns)
+    def _take(self, proc, uth: Uthread) -> bool:
+        """Take the spinlock, and the mutex if it is free (then the spinlock is released); False: the
+        caller holds the spinlock and waits."""
         self._lock.lock(proc)
         if self.count > 0:
             self.count -= 1
             self.owner = uth
             self._lock.unlock()
+            return True
+        return False
+
+    def lock(self) -> None:
+        proc, _, uth = uthread_ctx("Mutex.lock")
+        proc.engine.advance(proc.costs.python_step_ns)
+        if self._take(proc, uth):
             return
         vc = proc.engine.current
         proc.trace_event(vc, "mutex_block", uth=uth, mutex=self.name)
@@ -155,11 +162,7 @@ class Mutex:
         the mutex, False if the alarm went off first (user/parlib/mutex.c)."""
         proc, _, uth = uthread_ctx("Mutex.timed_lock")
         proc.engine.advance(proc.costs.python_step_ns)
-        self._lock.lock(proc)
-        if self.count > 0:
-            self.count -= 1
-            self.owner = uth
-            self._lock.unlock()
+        if self._take(proc, uth):
             return True
         timeout = _Timeout(proc, uth, self.sync, self._lock, ns, f"mutex {self.name!r}")
         vc = proc.engine.current
@@ -176,12 +179,9 @@ class Mutex:
 
     def trylock(self) -> bool:
         proc, _, uth = uthread_ctx("Mutex.trylock")
-        self._lock.lock(proc)
-        got = self.count > 0
-        if got:
-            self.count -= 1
-            self.owner = uth
-        self._lock.unlock()
+        got = self._take(proc, uth)
+        if not got:
+            self._lock.unlock()
         return got
 
     def unlock(self) -> None:

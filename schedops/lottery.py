@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from akaros_sim.parlib import current_sim
 from akaros_sim.uthread import Uthread
-from schedops.base import PolicySched, check_int, check_table
-
-MAX_TICKETS = 1 << 20
+from schedops.base import PolicySched
+from schedops.stride import ticket_params
 
 
 class LotterySched(PolicySched):
@@ -29,10 +28,7 @@ class LotterySched(PolicySched):
 
     def __init__(self, *, tickets=None, default_tickets: int = 100, tick_ns: int = 10_000) -> None:
         super().__init__(tick_ns=tick_ns)
-        given = {} if tickets is None else tickets
-        self.tickets = check_table(self.name, "tickets", given, minimum=1, maximum=MAX_TICKETS)
-        self.default_tickets = check_int(self.name, "default_tickets", default_tickets, minimum=1,
-                                         maximum=MAX_TICKETS)  # fmt: skip
+        self.tickets, self.default_tickets = ticket_params(self.name, tickets, default_tickets)
         self.ready: list[Uthread] = []  # in arrival order: the draw walks it
 
     def _tickets(self, uth: Uthread) -> int:

@@ -26,6 +26,13 @@ STRIDE1 = 1 << 20
 MAX_TICKETS = STRIDE1
 
 
+def ticket_params(sched: str, tickets, default_tickets) -> tuple[dict[str, int], int]:
+    """Tickets by uthread name, and for the rest, checked (stride and lottery take the same params)."""
+    given = {} if tickets is None else tickets
+    return (check_table(sched, "tickets", given, minimum=1, maximum=MAX_TICKETS),
+            check_int(sched, "default_tickets", default_tickets, minimum=1, maximum=MAX_TICKETS))  # fmt: skip
+
+
 class StrideSched(PolicySched):
     """Proportional share by tickets.  Methods are the sched_ops."""
 
@@ -33,10 +40,7 @@ class StrideSched(PolicySched):
 
     def __init__(self, *, tickets=None, default_tickets: int = 100, tick_ns: int = 10_000) -> None:
         super().__init__(tick_ns=tick_ns)
-        given = {} if tickets is None else tickets
-        self.tickets = check_table(self.name, "tickets", given, minimum=1, maximum=MAX_TICKETS)
-        self.default_tickets = check_int(self.name, "default_tickets", default_tickets, minimum=1,
-                                         maximum=MAX_TICKETS)  # fmt: skip
+        self.tickets, self.default_tickets = ticket_params(self.name, tickets, default_tickets)
         self.ready: list[tuple[int, int, Uthread]] = []  # a heap of (pass, arrival, uthread)
         self.pass_: dict[Uthread, int] = {}
         self.stride: dict[Uthread, int] = {}

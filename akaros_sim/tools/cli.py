@@ -379,19 +379,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write one self-contained HTML page about a run: summary, metrics, Gantt chart, fault stories."""
-    from akaros_sim.tools.report import STORIES_SHOWN, ReportError, read_trace, write_report
-    from akaros_sim.tools.scenario import ScenarioError, run_scenario
+    from akaros_sim.tools.report import STORIES_SHOWN, ReportError, trace_of, write_report
 
-    if args.source.endswith(".toml"):  # as explain: a scenario is run first; anything else is a trace
-        try:
-            trace = run_scenario(args.source).sim.trace
-        except ScenarioError as exc:
-            return _fail(str(exc))
-    else:
-        try:
-            trace = read_trace(args.source)
-        except ReportError as exc:
-            return _fail(str(exc))
+    try:
+        trace = trace_of(args.source)
+    except ReportError as exc:
+        return _fail(str(exc))
     try:
         chart = write_report(trace, args.html)
     except OSError as exc:

@@ -252,8 +252,7 @@ def _fail(message: str) -> int:
 
 def cmd_plot(args) -> int:
     """Draw a run's Gantt chart (a .toml is run first; anything else is read as a trace)."""
-    from akaros_sim.tools.report import ReportError, read_trace
-    from akaros_sim.tools.scenario import ScenarioError, run_scenario
+    from akaros_sim.tools.report import ReportError, trace_of
 
     try:
         _format(args.gantt)
@@ -263,16 +262,10 @@ def cmd_plot(args) -> int:
         import matplotlib  # noqa: F401 - only to say clearly when the extra is missing
     except ImportError:
         return _fail("plot needs matplotlib: pip install 'akaros-sim[experiments]'")
-    if args.source.endswith(".toml"):
-        try:
-            trace = run_scenario(args.source).sim.trace
-        except ScenarioError as exc:
-            return _fail(str(exc))
-    else:
-        try:
-            trace = read_trace(args.source)
-        except ReportError as exc:
-            return _fail(str(exc))
+    try:
+        trace = trace_of(args.source)
+    except ReportError as exc:
+        return _fail(str(exc))
     try:
         rows = gantt(trace, args.gantt)
     except PlotError as exc:

@@ -36,6 +36,18 @@ class ReportError(Exception):
     """The input cannot make a report (the message names the file)."""
 
 
+def trace_of(source: str) -> Trace:
+    """The trace of `source`: a scenario (.toml) is run first, anything else is read as a trace file."""
+    if not source.endswith(".toml"):
+        return read_trace(source)
+    from akaros_sim.tools.scenario import ScenarioError, run_scenario  # the scenario loader pulls in the runtime
+
+    try:
+        return run_scenario(source).sim.trace
+    except ScenarioError as exc:
+        raise ReportError(str(exc)) from None
+
+
 def read_trace(path: str) -> Trace:
     """A trace file, checked enough that the report cannot trip on it."""
     try:
