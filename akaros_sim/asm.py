@@ -1,4 +1,10 @@
-"""Assembler: Intel-syntax x86-64 source text -> Program, through keystone.
+"""Assembler: Intel-syntax x86-64 source text -> Program, through keystone or clang.
+
+Two backends take the same syntax and give the same Program: keystone where it
+is importable (its wheels are x86-64 only), else clang's assembler from the
+ziglang wheel (akaros_sim.asm_clang).  `backend=` or $AKAROS_SIM_ASM
+(`keystone` or `clang`) chooses one.  Encodings may differ where x86 has two
+(docs/scenarios.md, "Assembly: two backends"); the checks below apply to both.
 
 `assemble(source)` builds a frozen Program: a `.text` segment (READ|EXEC) at
 `base`, a `.data` segment (READ|WRITE) at `data_base` (default: the first page
@@ -25,23 +31,17 @@ Syntax (keystone's Intel dialect, one file, no preprocessor):
 - `.type .size .file .ident .intel_syntax` are ignored; macros, conditionals,
   includes, `.cfi_*` and other sections are rejected (some crash keystone).
 
-Keystone quirks handled here (measured with keystone 0.9.2):
+Keystone quirks handled here (measured with keystone 0.9.2; rejected with either backend, so a
+source means the same to both):
 
 - A bare numeric memory operand is RIP-relative: `mov rbx, [0x500000]`
   assembles as `mov rbx, [rip + 0x500000]`, as do `fs:[0x10]` and `[N]` for a
   constant N.  These are rejected: use a register base (`[rax]`) or a label
   (`[rip + label]` or `[label]`).
-- In `[rip + sym]` a symbol defined as a number is a displacement, and
-  `ks.sym_resolver` symbols are 4 bytes off in PC-relative uses.  So each
-  section is assembled with the other's labels defined relative to a label at
-  its own start (`x = __asm_section_start + 0x1000`), which every form
-  resolves correctly, and re-assembled until no label moves.
 - Labels starting with `.` or `$` are rejected inside `[...]`; they are
-  renamed (`__asm_dot_...`) on the way to keystone.
-- A bad statement followed by more statements is often dropped without an
-  error; the statement count (prefixes like `rep`, `lock` count one extra)
-  gives it away.  Errors carry no usable line, so the failing line is found
-  by bisecting over prefixes of the source.
+  renamed (`__asm_dot_...`) on the way to the backend.
+- How cross-section references are resolved and a failing line found:
+  akaros_sim.asm_keystone.
 - An unterminated string hangs keystone and an unbalanced `[` reads as
   `[0]`; both are rejected before keystone runs.
 """
@@ -49,29 +49,22 @@ Keystone quirks handled here (measured with keystone 0.9.2):
 from __future__ import annotations
 
 import functools
-import itertools
+import os
 import re
-import struct
 
 import attrs
-import keystone
 
+from akaros_sim import asm_clang, asm_keystone
 from akaros_sim.memory import PAGE_SIZE, Prot
 from akaros_sim.program import ExtableEntry, ExtableType, Program, RasEntry, Segment
 
-__all__ = ["AsmError", "assemble"]
+__all__ = ["BACKENDS", "AsmError", "assemble", "default_backend"]
 
-# Cross-section layout passes; a pass that moves no label ends the loop, which
-# takes two passes unless an address change resizes an instruction.
-_MAX_PASSES = 8
-# Label we put at offset 0 of every section to anchor the other section's labels.
-_ANCHOR = "__asm_section_start"
+BACKENDS = ("keystone", "clang")
+
 _RESERVED = "__asm_"
-_SKIPPED = "keystone skipped a statement without an error"
 # Keystone rejects names starting with these inside [...], so labels are renamed for it.
 _MANGLE = {".": "__asm_dot_", "$": "__asm_dollar_"}
-# Instruction prefixes keystone counts as statements of their own.
-_PREFIXES = frozenset({"rep", "repe", "repz", "repne", "repnz", "lock", "data16", "rex64"})
 # Directives with no effect on a flat image; keystone miscounts .type and .size.
 _IGNORED = frozenset({".type", ".size", ".file", ".ident", ".intel_syntax"})
 _UNSUPPORTED = re.compile(
@@ -126,11 +119,14 @@ class _Parsed:
     directives: tuple[_Directive, ...]
 
 
-class _KsFailure(Exception):
-    """Keystone rejected (or silently skipped part of) a source; carries the reason."""
+def default_backend() -> str:
+    """$AKAROS_SIM_ASM if set, else keystone when it is importable, else clang."""
+    return os.environ.get("AKAROS_SIM_ASM") or ("keystone" if asm_keystone.available() else "clang")
 
 
-def assemble(source: str, base: int = 0x400000, *, name: str = "asm", data_base: int | None = None) -> Program:
+def assemble(
+    source: str, base: int = 0x400000, *, name: str = "asm", data_base: int | None = None, backend: str | None = None
+) -> Program:
     """Assemble Intel-syntax x86-64 `source` into a Program.
 
     Args:
@@ -139,26 +135,37 @@ def assemble(source: str, base: int = 0x400000, *, name: str = "asm", data_base:
         name: program name, used in the Program and in error messages.
         data_base: page-aligned address of the `.data` segment; by default the
             first page boundary after the end of `.text`.
+        backend: `keystone` or `clang`; by default default_backend().
 
     Returns:
         A frozen Program; identical arguments return the same (cached) object.
 
     Raises:
-        ValueError: `base` or `data_base` is not a page-aligned address.
+        ValueError: `base` or `data_base` is not a page-aligned address, or
+            the backend is unknown or (keystone) not installed.
         AsmError: the source does not assemble; the message reads
-            `name:LINE: what: 'line text'` plus keystone's reason when it has one.
+            `name:LINE: what: 'line text'` plus the backend's reason when it has one.
     """
     for field, value in (("base", base), ("data_base", data_base)):
         if value is not None and (not isinstance(value, int) or value < 0 or value % PAGE_SIZE):
             raise ValueError(f"assemble: expected a page-aligned {field}, got {value!r}")
-    return _assemble_cached(source, base, name, data_base)
+    backend = backend or default_backend()
+    if backend not in BACKENDS or (backend == "keystone" and not asm_keystone.available()):
+        why = "is not installed" if backend == "keystone" else f"is unknown (expected one of {', '.join(BACKENDS)})"
+        raise ValueError(f"assemble: backend {backend!r} (backend= or $AKAROS_SIM_ASM) {why}")
+    return _assemble_cached(source, base, name, data_base, backend)
 
 
 @functools.lru_cache(maxsize=256)
-def _assemble_cached(source: str, base: int, name: str, data_base: int | None) -> Program:
+def _assemble_cached(source: str, base: int, name: str, data_base: int | None, backend: str) -> Program:
     parsed = _parse(source, name)
-    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
-    text, data, dbase, ks_labels = _layout(ks, name, parsed, base, data_base)
+    if backend == "clang":
+        text, data, dbase, ks_labels = _clang(name, parsed, base, data_base)
+    else:
+        try:
+            text, data, dbase, ks_labels = asm_keystone.layout(name, parsed.text, parsed.data, base, data_base)
+        except asm_keystone.KeystoneAsmError as e:
+            raise AsmError(str(e), e.lineno) from None
     labels = {_unmangle(n): a for n, a in ks_labels.items()}
     if text and data and dbase < base + len(text) and base < dbase + len(data):
         raise AsmError(f"{name}: data_base {dbase:#x} overlaps .text [{base:#x}, {base + len(text):#x})")
@@ -176,6 +183,18 @@ def _assemble_cached(source: str, base: int, name: str, data_base: int | None) -
         extable=extable,
         ras=ras,
     )
+
+
+def _clang(name: str, parsed: _Parsed, base: int, data_base: int | None):
+    try:
+        return asm_clang.assemble_sections(parsed.text, parsed.data, base, data_base)
+    except asm_clang.ClangAsmError as e:
+        line = next((x for x in parsed.text + parsed.data if x.lineno == e.lineno), None)
+        if line is None:
+            raise AsmError(f"{name}: {e.why}") from None
+        why = f"{e.statement!r}: {e.why}" if len([s for s in line.statements if not s.endswith(":")]) > 1 else e.why
+        kind = "directive" if e.statement and e.statement.startswith(".") else "instruction"
+        raise AsmError(f"{name}:{line.lineno}: bad {kind}: {line.text.strip()!r} ({why})", line.lineno) from None
 
 
 def _fail(name: str, lineno: int, text: str, what: str) -> AsmError:
@@ -371,93 +390,6 @@ def _directive(name: str, lineno: int, text: str, kind: str, rest: str) -> _Dire
         usage = ".extable INSN, FIXUP[, TYPE]" if kind == ".extable" else ".ras START, END[, RESTART]"
         raise _fail(name, lineno, text, f"expected {usage}")
     return _Directive(lineno, text, kind, args)
-
-
-# --- Layout: assemble both sections until cross-section addresses settle.
-
-
-def _layout(ks, name: str, parsed: _Parsed, base: int, data_base: int | None):
-    """Returns (text bytes, data bytes, data address, {label: address})."""
-    data_guess = data_base if data_base is not None else base
-    data_labels = {lab: data_guess for line in parsed.data for lab in line.labels}
-    for _ in range(_MAX_PASSES):
-        text, text_labels = _assemble_section(ks, name, parsed.text, base, data_labels)
-        dbase = data_base if data_base is not None else _page_up(base + len(text))
-        data, new_data_labels = _assemble_section(ks, name, parsed.data, dbase, text_labels)
-        if new_data_labels == data_labels:  # .text was built with the right data addresses
-            return text, data, dbase, {**text_labels, **data_labels}
-        data_labels = new_data_labels
-    raise AsmError(f"{name}: cross-section label addresses did not settle after {_MAX_PASSES} passes")
-
-
-def _page_up(addr: int) -> int:
-    return -(-addr // PAGE_SIZE) * PAGE_SIZE
-
-
-def _assemble_section(ks, name: str, lines: tuple[_Line, ...], addr: int, extern: dict[str, int]):
-    """Assemble one section at `addr` with `extern` labels defined; returns (bytes, {label: address})."""
-    if not lines:
-        return b"", {}
-    labels = [lab for line in lines for lab in line.labels]
-    prelude = [f"{_ANCHOR}:"] + [
-        f"{sym} = {_ANCHOR} {'+' if value >= addr else '-'} {abs(value - addr):#x}" for sym, value in extern.items()
-    ]
-    body = [s for line in lines for s in line.statements]
-    # The label table: one .quad per label after the code, read back from the end.
-    table = [f".quad {lab}" for lab in labels]
-    try:
-        out = _run(ks, prelude + body + table, addr)
-    except _KsFailure as e:
-        raise _diagnose(ks, name, lines, prelude, addr, str(e)) from None
-    size = len(out) - 8 * len(labels)
-    return out[:size], dict(zip(labels, struct.unpack(f"<{len(labels)}Q", out[size:]), strict=True))
-
-
-def _run(ks, statements: list[str], addr: int) -> bytes:
-    """Assemble one statement per line; _KsFailure if keystone errs or skips a statement."""
-    try:
-        out, count = ks.asm("\n".join(statements), addr, as_bytes=True)
-    except keystone.KsError as e:
-        raise _KsFailure(str(e)) from None
-    prefixes = (itertools.takewhile(_PREFIXES.__contains__, s.lower().split()[:-1]) for s in statements)
-    expected = len(statements) + sum(len(list(p)) for p in prefixes)
-    if count != expected:
-        raise _KsFailure(f"{_SKIPPED} ({count} of {expected} statements)")
-    return out or b""
-
-
-def _diagnose(ks, name: str, lines: tuple[_Line, ...], prelude: list[str], addr: int, reason: str) -> AsmError:
-    """Find the first line whose statements make keystone fail, by bisecting over prefixes."""
-
-    def failure(k: int, last: tuple[str, ...] = ()) -> str | None:
-        # Labels of the lines left out stay defined so forward references resolve;
-        # they go first so that a failing statement is last, where keystone reports it.
-        later = [f"{lab}:" for line in lines[k:] for lab in line.labels]
-        try:
-            _run(ks, prelude + later + [s for line in lines[:k] for s in line.statements] + list(last), addr)
-        except _KsFailure as e:
-            return str(e)
-        return None
-
-    why = failure(len(lines))
-    if why is None or failure(0) is not None:
-        return AsmError(f"{name}: keystone: {reason}")
-    good, bad = 0, len(lines)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if (w := failure(mid)) is None:
-            good = mid
-        else:
-            bad, why = mid, w
-    line = lines[bad - 1]
-    statements = [s for s in line.statements if not s.endswith(":")]
-    if why.startswith(_SKIPPED):  # keystone reports an error only for the last statement: ask per statement
-        for stmt in statements:
-            if (w := failure(bad - 1, (stmt,))) is not None:
-                why = f"{stmt!r}: {w}"
-                break
-    kind = "directive" if statements and statements[-1].startswith(".") else "instruction"
-    return AsmError(f"{name}:{line.lineno}: bad {kind}: {line.text.strip()!r} ({why})", line.lineno)
 
 
 # --- Tables: resolve .extable and .ras arguments once every label has its address.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -88,6 +89,16 @@ def toolchain_version() -> str:
         return importlib.metadata.version("ziglang")
     except importlib.metadata.PackageNotFoundError:
         raise ToolchainError("no C toolchain: the ziglang package is not installed (pip install ziglang)") from None
+
+
+def zig_command() -> list[str]:
+    """How to run zig: the ziglang wheel's binary itself (saves a Python start per call), else `python -m ziglang`."""
+    spec = importlib.util.find_spec("ziglang")
+    for folder in (spec.submodule_search_locations or ()) if spec else ():
+        for exe in ("zig", "zig.exe"):
+            if Path(folder, exe).is_file():
+                return [str(Path(folder, exe))]
+    return [sys.executable, "-m", "ziglang"]
 
 
 def cache_dir() -> Path:

@@ -1,20 +1,39 @@
-"""Tests for akaros_sim.asm: real keystone, checked with capstone and Unicorn."""
+"""Tests for akaros_sim.asm: every test runs with both backends (real keystone, real clang from the ziglang
+wheel), checked with capstone and Unicorn.  A backend that is not installed is skipped (failing under CI=true)."""
 
 from __future__ import annotations
 
+import os
+import tomllib
+from pathlib import Path
+
 import capstone
-import keystone
 import pytest
 import unicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unicorn import x86_const
 
-from akaros_sim.asm import AsmError, assemble
+from akaros_sim import asm_keystone, toolchain
+from akaros_sim.asm import BACKENDS, AsmError, assemble, default_backend
 from akaros_sim.memory import PAGE_SIZE, Prot
 from akaros_sim.program import ExtableEntry, ExtableType, RasEntry
+from akaros_sim.tools.scenario import load_scenario
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE = 0x400000
+INSTALLED = {"keystone": asm_keystone.available(), "clang": toolchain.available()}
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request, monkeypatch):
+    """The backend a test assembles with, through $AKAROS_SIM_ASM (as a user would choose it)."""
+    if not INSTALLED[request.param]:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the {request.param} assembler backend is not installed; CI installs both")
+        pytest.skip(f"the {request.param} assembler backend is not installed")
+    monkeypatch.setenv("AKAROS_SIM_ASM", request.param)
+    return request.param
 
 
 def disasm(program, segment=0):
@@ -338,11 +357,11 @@ def error_of(source, **kwargs):
     return str(info.value)
 
 
-def test_bad_instruction_names_line_and_text():
-    """A bad instruction's error names the program, its 1-based line and its text."""
+def test_bad_instruction_names_line_and_text(backend):
+    """A bad instruction's error names the program, its 1-based line and its text, then the backend's reason."""
     msg = error_of("nop\nnop\nmovq rax,, 1\nnop\nret", name="prog")
-    assert msg.startswith("prog:3: bad instruction: 'movq rax,, 1' (")
-    assert "KS_ERR_ASM_EXPR_TOKEN" in msg
+    reason = {"keystone": "KS_ERR_ASM_EXPR_TOKEN", "clang": "(clang: unknown token in expression)"}[backend]
+    assert msg.startswith("prog:3: bad instruction: 'movq rax,, 1' (") and reason in msg
 
 
 def test_error_lines_count_comments_blanks_and_data():
@@ -418,9 +437,11 @@ def test_bare_numeric_memory_operand_is_rejected():
         assert "rip" in msg
 
 
-def test_keystone_quirk_bare_memory_operand():
+def test_keystone_quirk_bare_memory_operand(backend):
     """Documents the quirk: keystone encodes `mov rbx, [0x500000]` as `mov rbx, [rip + 0x500000]`."""
-    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+    if backend != "keystone":
+        pytest.skip("a quirk of keystone itself")
+    ks = asm_keystone.keystone.Ks(asm_keystone.keystone.KS_ARCH_X86, asm_keystone.keystone.KS_MODE_64)
     assert ks.asm("mov rbx, [0x500000]", BASE, as_bytes=True)[0] == bytes.fromhex("488b1d00005000")
 
 
@@ -477,3 +498,58 @@ def test_label_plus_named_constant_in_a_memory_operand_is_rejected():
     with pytest.raises(AsmError, match=r"asm:3: memory operand \[rip \+ stats \+ OFF\] mixes a label \(stats\) "
                                        r"with a named constant \(OFF\)"):  # fmt: skip
         assemble(src, 0x400000)
+
+
+# --- The backends: chosen by argument or environment, same Program for the shipped sources
+
+
+def test_bare_label_operands_are_immediates(backend):
+    """`mov edx, end - start`, `movabs rbx, label` and `push label` take values, not loads, in both backends
+    (clang alone would read a bare label as memory)."""
+    p = assemble("start: mov edx, end - start\nmovabs rbx, v\npush start + 8\nend: ret\n.data\nv: .quad 1")
+    v, end = p.symbol("v"), p.symbol("end")
+    assert [(m, o) for _, m, o in disasm(p)] == [
+        ("mov", f"edx, {end - BASE:#x}"), ("movabs", f"rbx, {v:#x}"), ("push", f"{BASE + 8:#x}"), ("ret", ""),
+    ]  # fmt: skip
+
+
+def test_the_backend_is_an_argument_or_the_environment(backend, monkeypatch):
+    """$AKAROS_SIM_ASM picks the default; backend= overrides it; an unknown name is a ValueError naming both."""
+    assert default_backend() == backend
+    monkeypatch.delenv("AKAROS_SIM_ASM")
+    assert default_backend() == ("keystone" if INSTALLED["keystone"] else "clang")
+    other = "clang" if backend == "keystone" else "keystone"
+    if INSTALLED[other]:
+        assert assemble("nop\nret", backend=other).segments[0].data == b"\x90\xc3"
+    with pytest.raises(ValueError, match=r"backend 'nasm' \(backend= or \$AKAROS_SIM_ASM\) is unknown"):
+        assemble("nop", backend="nasm")
+
+
+def _shipped_sources():
+    """Every shipped assembly program: scenarios (and exercises) with `source`/`file`, the examples, uaccess."""
+    out = [(p.name, ROOT / "examples" / p.name) for p in sorted((ROOT / "examples").glob("*.s"))]
+    for path in sorted([*ROOT.glob("scenarios/*.toml"), *ROOT.glob("exercises/*.toml")]):
+        programs = tomllib.loads(path.read_text(encoding="utf-8")).get("programs", [])
+        if any({"source", "file"} & p.keys() for p in programs):
+            out.append((path.name, path))
+    return out
+
+
+@pytest.mark.parametrize("name,path", _shipped_sources(), ids=[n for n, _ in _shipped_sources()])
+def test_both_backends_give_the_same_program_for_shipped_sources(backend, name, path, monkeypatch):
+    """The shipped guests assemble to the same bytes, symbols and tables with either backend, so their traces
+    do not depend on the host (docs/scenarios.md lists where encodings may differ: no shipped source uses those forms)."""
+    if not all(INSTALLED.values()):
+        pytest.skip("needs both backends")
+    other = "clang" if backend == "keystone" else "keystone"
+    assembled = [i for i, p in enumerate(tomllib.loads(path.read_text(encoding="utf-8")).get("programs", []))
+                 if {"source", "file"} & p.keys()] if path.suffix == ".toml" else []  # fmt: skip
+
+    def programs(chosen):
+        monkeypatch.setenv("AKAROS_SIM_ASM", chosen)
+        if path.suffix == ".s":
+            return [assemble(path.read_text(encoding="utf-8"), name=name)]
+        return [load_scenario(path).programs[i].program for i in assembled]
+
+    mine = programs(backend)
+    assert mine and mine == programs(other)
