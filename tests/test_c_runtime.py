@@ -1,7 +1,8 @@
 """The C guest runtime (akaros_sim/runtime, akaros_sim/guest_calls.py) and the seed's programs in C.
 
-tests/c/pthread_stress.c, ras_counter.c and mmap_stress.c run as the scenarios
-tests/*_c.toml on 1, 2 and 4 vcores; the runtime's pieces (printf, malloc,
+scenarios/c/pthread_stress.c, ras_counter.c and mmap_stress.c run as the shipped
+scenarios scenarios/c_*.toml on 1, 2 and 4 vcores (the shipped-scenario checks of
+tests/test_scenario.py run them once more, as shipped); the runtime's pieces (printf, malloc,
 string.h, pthread joins and mutex errors, uaccess's extable entries, the RAS
 macro) are checked on a small program.  Every test needs the ziglang package:
 skipped where it is missing, failing under CI=true.
@@ -129,20 +130,20 @@ def test_the_runtime_is_in_the_cache_key(tmp_path, monkeypatch):
 @pytest.mark.parametrize("vcores", [1, 2, 4])
 def test_pthread_stress_in_c(vcores):
     """Eight pthreads: a mutex counter over three barrier phases, a condvar, joins; exact on 1, 2, 4 vcores."""
-    run = run_scenario(load_scenario(ROOT / "tests" / "pthread_stress_c.toml", (("machine.vcores", vcores),)))
+    run = run_scenario(load_scenario(ROOT / "scenarios" / "c_pthread_stress.toml", (("machine.vcores", vcores),)))
     assert run.ok, [c for c in run.checks if not c.ok]
 
 
 @pytest.mark.parametrize("vcores", [1, 2, 4])
 def test_ras_counter_in_c(vcores):
     """Per-vcore counters on ras_percpu_add stay exact under a tick storm, with restarts."""
-    run = run_scenario(load_scenario(ROOT / "tests" / "ras_counter_c.toml", (("machine.vcores", vcores),)))
+    run = run_scenario(load_scenario(ROOT / "scenarios" / "c_ras_counter.toml", (("machine.vcores", vcores),)))
     assert run.ok, [c for c in run.checks if not c.ok]
 
 
 def test_ras_counter_without_the_ras_loses_updates():
     """The same loop built with -DNO_RAS (no __ras entry) loses updates on one vcore."""
-    path = ROOT / "tests" / "ras_counter_c.toml"
+    path = ROOT / "scenarios" / "c_ras_counter.toml"
     text = path.read_text(encoding="utf-8").replace('cflags = ["-O2",', 'cflags = ["-DNO_RAS", "-O2",')
     run = run_scenario(load_scenario_text(text, path))
     failed = {c.name: c for c in run.checks if not c.ok}
@@ -154,15 +155,15 @@ def test_ras_counter_without_the_ras_loses_updates():
 def test_mmap_stress_in_c(vcores):
     """copy_from_user/copy_to_user under a racing mapper: only 0 or -EFAULT, the assembly version's
     expectations; on one vcore the mapper gets fewer turns, so pthread's schedule expectations are left out."""
-    run = run_scenario(load_scenario(ROOT / "tests" / "mmap_stress_c.toml", (("machine.vcores", vcores),)))
+    run = run_scenario(load_scenario(ROOT / "scenarios" / "c_mmap_stress.toml", (("machine.vcores", vcores),)))
     checks = [c for c in run.checks if vcores > 1 or not c.name.startswith("schedule.")]
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
 
 
 def test_the_c_mmap_stress_keeps_the_assembly_expectations():
-    """tests/mmap_stress_c.toml's [expect] is scenarios/mmap_stress.toml's, word for word."""
+    """scenarios/c_mmap_stress.toml's [expect] is scenarios/mmap_stress.toml's, word for word."""
     asm = (ROOT / "scenarios" / "mmap_stress.toml").read_text(encoding="utf-8")
-    c = (ROOT / "tests" / "mmap_stress_c.toml").read_text(encoding="utf-8")
+    c = (ROOT / "scenarios" / "c_mmap_stress.toml").read_text(encoding="utf-8")
     assert asm[asm.index("[expect]"):] == c[c.index("[expect]"):]
 
 

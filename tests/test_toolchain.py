@@ -7,9 +7,11 @@ summary (-rs); under CI=true they run anyway and fail, since CI installs it.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,22 @@ def test_the_cc_verb_writes_the_elf(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "hello.elf").read_bytes() == out.read_bytes()
     assert main(["cc", str(tmp_path / "nope.c")]) == 2
     assert capsys.readouterr().err == f"akaros-sim: {tmp_path / 'nope.c'}: no such file\n"
+
+
+def test_the_c_sources_and_the_runtime_are_package_data():
+    """Every file a shipped C scenario or the runtime needs matches a package-data pattern of pyproject.toml,
+    so `akaros-sim run c_mmap_stress` works from a plain install (the build reads them beside the scenario)."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    patterns = {"akaros_sim": ROOT / "akaros_sim", "akaros_sim.scenarios": ROOT / "scenarios"}
+    needed = [*(ROOT / "scenarios" / "c").iterdir(), *(p for p in toolchain.RUNTIME_DIR.rglob("*") if p.is_file())]
+    assert len(needed) >= 10
+    for path in needed:
+        owners = [(pkg, path.relative_to(folder).as_posix()) for pkg, folder in patterns.items()
+                  if path.is_relative_to(folder)]  # fmt: skip
+        assert any(_glob_matches(rel, pat) for pkg, rel in owners for pat in data["package-data"][pkg]), path
+
+
+def _glob_matches(rel: str, pattern: str) -> bool:
+    """setuptools' package-data glob: `*` stays inside one path segment."""
+    parts, pats = rel.split("/"), pattern.split("/")
+    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pats, strict=True))
