@@ -11,6 +11,7 @@ import fnmatch
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -202,3 +203,43 @@ def _glob_matches(rel: str, pattern: str) -> bool:
     """setuptools' package-data glob: `*` stays inside one path segment."""
     parts, pats = rel.split("/"), pattern.split("/")
     return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pats, strict=True))
+
+
+SYSTEM_TOOLS = ("gcc", "cc", "clang", "c++", "g++", "ld", "as", "ld.lld", "lld")
+NO_COMPILER_SCRIPT = """
+import sys
+from akaros_sim.asm import assemble
+from akaros_sim.tools.cli import main
+for source in sys.argv[1:]:
+    if main(["cc", source]) != 0:
+        sys.exit(f"cc {source} failed")
+program = assemble("start: mov edx, end - start\\nend: ret\\n.data\\nv: .quad start", backend="clang")
+print(program.symbol("v"), program.segments[1].data.hex())
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the decoy tools are shell scripts")
+def test_no_system_compiler_is_used(tmp_path):
+    """With PATH stripped of every directory holding gcc, cc, clang, ld or as, and decoys of them first on PATH
+    that log any call, `akaros-sim cc` builds every shipped C guest and the clang assembler backend assembles,
+    from an empty cache (so both really compile): no decoy runs."""
+    decoys, log = tmp_path / "decoys", tmp_path / "decoy-calls.log"
+    decoys.mkdir()
+    for tool in SYSTEM_TOOLS:
+        (decoys / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\nexit 1\n', encoding="utf-8")
+        (decoys / tool).chmod(0o755)
+    kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not any((Path(d) / tool).exists() for tool in SYSTEM_TOOLS)]  # fmt: skip
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PATH": os.pathsep.join([str(decoys), *kept]), "AKAROS_SIM_CACHE": str(cache),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    sources = sorted((ROOT / "scenarios" / "c").glob("*.c")) + [C_DIR / "hello.c"]
+    assert len(sources) == 4
+    proc = subprocess.run([sys.executable, "-c", NO_COMPILER_SCRIPT, *map(str, sources)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not log.exists(), log.read_text(encoding="utf-8")
+    for source in sources:
+        assert load_elf(tmp_path / f"{source.stem}.elf").symbols
+    assert len(list((cache / "cc").glob("*.elf"))) == 4 and len(list((cache / "asm").glob("*.elf"))) == 1
+    assert proc.stdout.splitlines()[-1] == f"{0x401000} {(0x400000).to_bytes(8, 'little').hex()}"
