@@ -115,7 +115,8 @@ CASES = [
          "injections[0].later", "unknown key (allowed: at_ns, at_insns, thread, when, preempt, syscall_latency, "
          "tick_storm, unmap, protect, map, signal, warning_ns, duration_ns)"),
     Case("unknown key in expect", add("retval = 3\n"), "expect.retval", "unknown key (allowed: end, exit_status, "
-         "console, console_contains, report_contains, retvals, counts, registers, memory, order, schedule)"),
+         "console, console_contains, report_contains, retvals, counts, registers, memory, order, schedule, always, "
+         "sometimes)"),
     Case("unknown key in expect.schedule", add("\n[expect.schedule]\nordr = []\n"), "expect.schedule.ordr",
          "unknown key (allowed: end, exit_status, console, console_contains, report_contains, retvals, counts, "
          "registers, memory, order)"),

@@ -32,7 +32,8 @@ from akaros_sim.memory import MemError
 from akaros_sim.simulation import RunEnd
 from akaros_sim.tools.tomlcheck import TableReader, describe, is_instance, json_text, one_line
 
-__all__ = ["MAIN_DETAIL", "Check", "Expectations", "Matcher", "check_expectations", "load_expect", "parse_matcher"]
+__all__ = ["MAIN_DETAIL", "Assertion", "Check", "Expectations", "Matcher", "check_expectations", "load_expect",
+           "parse_matcher", "sometimes_held"]
 
 U64 = (1 << 64) - 1
 
@@ -121,6 +122,17 @@ class OrderExpect:
 
 
 @attrs.frozen
+class Assertion:
+    """An `[[expect.always]]` or `[[expect.sometimes]]` predicate over one run: a count of trace records in a
+    range (`trace`, `preempted_in`), or a memory word at the end (`memory`)."""
+
+    name: str
+    matcher: Matcher | None = None
+    count: CountRange = CountRange(1)
+    memory: MemoryExpect | None = None
+
+
+@attrs.frozen
 class Expectations:
     """What the run must show; None or empty means "not checked"."""
 
@@ -134,6 +146,10 @@ class Expectations:
     registers: tuple[RegisterExpect, ...] = ()
     memory: tuple[MemoryExpect, ...] = ()
     order: tuple[OrderExpect, ...] = ()
+    # exploration's assertions (docs/explore.md): an `always` is an invariant of every run; a `sometimes` is a
+    # coverage goal that some explored run must meet, never a failure of one run
+    always: tuple[Assertion, ...] = ()
+    sometimes: tuple[Assertion, ...] = ()
     # `[expect.schedule]`: what this scenario's own 2LS's schedule shows (counts of blocks, orders), checked
     # under that 2LS only; the rest are invariants, which any correct 2LS must keep (akaros_sim.testing)
     schedule: Expectations | None = None
@@ -163,10 +179,12 @@ def load_expect(top: TableReader, threads: set[str], symbol_addr) -> Expectation
     Raises:
         ScenarioError: naming the key at fault.
     """
-    r = top.sub("expect", (*_EXPECT_KEYS, "schedule"), {})
+    r = top.sub("expect", (*_EXPECT_KEYS, "schedule", "always", "sometimes"), {})
     schedule = r.sub("schedule", _EXPECT_KEYS, None)
     return attrs.evolve(_read(r, threads, symbol_addr),
-                        schedule=_read(schedule, threads, symbol_addr) if schedule is not None else None)  # fmt: skip
+                        schedule=_read(schedule, threads, symbol_addr) if schedule is not None else None,
+                        always=_load_assertions(r, "always", threads, symbol_addr),
+                        sometimes=_load_assertions(r, "sometimes", threads, symbol_addr))  # fmt: skip
 
 
 def _read(r: TableReader, threads: set[str], symbol_addr) -> Expectations:
@@ -217,33 +235,91 @@ def _load_registers(r: TableReader, threads: set[str]) -> tuple[RegisterExpect, 
     return tuple(out)
 
 
+_MEMORY_KEYS = ("symbol", "addr", "offset", "size", "value")
+
+
 def _load_memory(r: TableReader, symbol_addr) -> tuple[MemoryExpect, ...]:
+    return tuple(_memory_expect(mr, symbol_addr) for mr in r.tables("memory", _MEMORY_KEYS))
+
+
+def _memory_expect(mr: TableReader, symbol_addr) -> MemoryExpect:
+    """One [[expect.memory]] table, or an assertion's memory = {...}."""
+    if mr.has("symbol") == mr.has("addr"):
+        raise mr.error("", "expected exactly one of symbol, addr")
+    offset = mr.int("offset", 0)
+    if mr.has("symbol"):
+        what = mr.get("symbol", (str,))
+        addr = symbol_addr(mr, "symbol", what) + offset
+    else:
+        addr = mr.int("addr") + offset
+        what = f"{addr - offset:#x}"
+    if offset:
+        what += f"+{offset:#x}"
+    size = mr.int("size", 8)
+    if size not in (1, 2, 4, 8):
+        raise mr.error("size", f"expected 1, 2, 4 or 8, got {size}")
+    raw = mr.get("value", (int, dict))
+    if isinstance(raw, dict):  # a range: { min = N } and/or { max = M }
+        if not raw or set(raw) - {"min", "max"}:
+            raise mr.error("value", f"expected an integer or a table with min and/or max, got keys {sorted(raw)}")
+        value = CountRange(mr.sub("value", ("min", "max")).int("min", 0),
+                           mr.sub("value", ("min", "max")).int("max", None))  # fmt: skip
+    else:
+        value = mr.int("value", minimum=None) & ((1 << (8 * size)) - 1)
+    return MemoryExpect(what, addr, size, value)
+
+
+_PREDICATES = ("trace", "preempted_in", "memory")
+
+
+def _load_assertions(r: TableReader, key: str, threads: set[str], symbol_addr) -> tuple[Assertion, ...]:
+    """`[[expect.always]]` / `[[expect.sometimes]]`: a name and exactly one predicate each."""
     out = []
-    for mr in r.tables("memory", ("symbol", "addr", "offset", "size", "value")):
-        if mr.has("symbol") == mr.has("addr"):
-            raise mr.error("", "expected exactly one of symbol, addr")
-        offset = mr.int("offset", 0)
-        if mr.has("symbol"):
-            what = mr.get("symbol", (str,))
-            addr = symbol_addr(mr, "symbol", what) + offset
+    for ar in r.tables(key, ("name", "count", *_PREDICATES)):
+        given = [p for p in _PREDICATES if ar.has(p)]
+        if len(given) != 1:
+            raise ar.error("", f"expected exactly one of {', '.join(_PREDICATES)}; got {', '.join(given) or 'none'}")
+        if ar.has("count") and given[0] == "memory":
+            raise ar.error("count", "only allowed with trace or preempted_in")
+        count = _count_range(ar, "count", ar.get("count", (int, dict), {"min": 1}))
+        if given[0] == "memory":
+            mem = _memory_expect(ar.sub("memory", _MEMORY_KEYS), symbol_addr)
+            out.append(Assertion(ar.get("name", (str,), f"memory {mem.what}"), memory=mem))
+            continue
+        if given[0] == "trace":
+            matcher = parse_matcher(ar, "trace", ar.get("trace", (str,)))
         else:
-            addr = mr.int("addr") + offset
-            what = f"{addr - offset:#x}"
-        if offset:
-            what += f"+{offset:#x}"
-        size = mr.int("size", 8)
-        if size not in (1, 2, 4, 8):
-            raise mr.error("size", f"expected 1, 2, 4 or 8, got {size}")
-        raw = mr.get("value", (int, dict))
-        if isinstance(raw, dict):  # a range: { min = N } and/or { max = M }
-            if not raw or set(raw) - {"min", "max"}:
-                raise mr.error("value", f"expected an integer or a table with min and/or max, got keys {sorted(raw)}")
-            value = CountRange(mr.sub("value", ("min", "max")).int("min", 0),
-                               mr.sub("value", ("min", "max")).int("max", None))  # fmt: skip
-        else:
-            value = mr.int("value", minimum=None) & ((1 << (8 * size)) - 1)
-        out.append(MemoryExpect(what, addr, size, value))
+            matcher = parse_matcher(ar, "preempted_in", _preempted_in(ar.sub("preempted_in", ("ras", "in", "uthread")),
+                                                                      threads, symbol_addr))  # fmt: skip
+        out.append(Assertion(ar.get("name", (str,), matcher.text), matcher=matcher, count=count))
     return tuple(out)
+
+
+def _preempted_in(pr: TableReader, threads: set[str], symbol_addr) -> str:
+    """A preemption that landed inside a RAS (it restarted the sequence), in vcore context, or on a uthread,
+    as a trace matcher."""
+    if len(pr.table) != 1:
+        raise pr.error("", f"expected exactly one of ras, in, uthread; got {', '.join(sorted(pr.table)) or 'none'}")
+    if pr.has("ras"):
+        return f"ras_restart:seq={symbol_addr(pr, 'ras', pr.get('ras', (str,))):#x}&why=preempted"
+    if pr.has("in"):
+        if pr.get("in", (str,)) != "vcore_context":
+            raise pr.error("in", f"expected \"vcore_context\", got {pr.table['in']!r}")
+        return "preempt:in_vcore_ctx=true"
+    name = pr.get("uthread", (str,))
+    _known_thread(pr, "uthread", name, threads)
+    return f"preempt:uthread={name}"
+
+
+def _count_range(r: TableReader, key: str, n) -> CountRange:
+    if isinstance(n, int):
+        if n < 0:
+            raise r.error(key, f"expected an integer >= 0, got {n}")
+        return CountRange(n, n)
+    bad = sorted(set(n) - {"min", "max"})
+    if bad or not n or any(not isinstance(b, int) or isinstance(b, bool) or b < 0 for b in n.values()):
+        raise r.error(key, f"expected an integer or a table with integer min and/or max >= 0, got {n!r}")
+    return CountRange(n.get("min", 0), n.get("max"))
 
 
 def _load_order(r: TableReader, threads: set[str]) -> tuple[OrderExpect, ...]:
@@ -338,20 +414,35 @@ def _check(exp: Expectations, sim, result) -> list[Check]:
             got = getattr(uth.ctx, reg) if uth is not None else "not created"
             checks.append(Check(f"registers[{i}].{reg_exp.thread}.{reg}", got == want, want, got))
     for i, mem_exp in enumerate(exp.memory):
-        try:
-            got = int.from_bytes(sim.mem.read(mem_exp.addr, mem_exp.size), "little")
-        except MemError as exc:
-            got = f"unreadable: {one_line(exc)}"
-        want = mem_exp.value
-        if isinstance(want, CountRange):
-            ok = isinstance(got, int) and want.holds(got)
-            want = str(want)
-        else:
-            ok = got == want
-        checks.append(Check(f"memory[{i}].{mem_exp.what}", ok, want, got))
+        checks.append(Check(f"memory[{i}].{mem_exp.what}", *_memory_check(sim, mem_exp)))
     for i, order in enumerate(exp.order):
         checks.append(_check_order(f"order[{i}]", sim.trace, order))
+    for i, assertion in enumerate(exp.always):
+        checks.append(Check(f"always[{i}] {assertion.name}", *_assertion_check(sim, assertion)))
     return checks
+
+
+def _memory_check(sim, mem_exp: MemoryExpect) -> tuple[bool, object, object]:
+    try:
+        got = int.from_bytes(sim.mem.read(mem_exp.addr, mem_exp.size), "little")
+    except MemError as exc:
+        got = f"unreadable: {one_line(exc)}"
+    want = mem_exp.value
+    if isinstance(want, CountRange):
+        return isinstance(got, int) and want.holds(got), str(want), got
+    return got == want, want, got
+
+
+def _assertion_check(sim, assertion: Assertion) -> tuple[bool, object, object]:
+    if assertion.memory is not None:
+        return _memory_check(sim, assertion.memory)
+    got = sum(1 for rec in sim.trace if assertion.matcher.matches(rec))
+    return assertion.count.holds(got), f"{assertion.matcher.text} count {assertion.count}", got
+
+
+def sometimes_held(exp: Expectations, sim) -> tuple[bool, ...]:
+    """Which of the `sometimes` assertions held in this finished run (in their order)."""
+    return tuple(_assertion_check(sim, a)[0] for a in exp.sometimes)
 
 
 def _find_uthread(sim, name: str):

@@ -59,6 +59,10 @@ The format (docs/scenarios.md is the full reference)::
     [[expect.order]]                         # records matching these appear in this relative order
     kinds = ["op:thread_refl_fault", "signal", "sigreturn"]
     thread = "f"                             # optional: only records involving this uthread
+    [[expect.always]]                        # holds on every run (and sometimes: on some explored run)
+    name = "no fault"                        # optional; one predicate: trace = MATCHER (count = N | {min, max}),
+    trace = "fault"                          #   preempted_in = { ras = "prog:sym" | in = "vcore_context" |
+    count = 0                                #   uthread = NAME }, or memory = { symbol = ..., value = ... }
 
 A trace matcher (counts keys, order kinds) is ``KIND``, ``KIND:VALUE`` (the
 kind's main detail: op for op, name for syscall, trap for fault, ...; see
