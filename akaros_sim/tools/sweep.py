@@ -29,7 +29,7 @@ import attrs
 from akaros_sim import __version__
 from akaros_sim.tools.shipped import find_scenario
 
-__all__ = ["RESULT_COLUMNS", "SweepError", "Task", "add_parser", "main", "run_one", "summary_rows", "t_quantile"]
+__all__ = ["RESULT_COLUMNS", "Executor", "SweepError", "Task", "add_parser", "main", "run_one", "summary_rows", "t_quantile"]
 
 _DISTS = ("turnaround", "response", "ready_wait")
 RESULT_COLUMNS = (
@@ -97,7 +97,10 @@ def run_one(task: Task) -> dict[str, str]:
         if schedule is not None:
             unchecked += len(schedule.counts) + len(schedule.order)
             schedule = attrs.evolve(schedule, counts=(), order=())
-        exp = attrs.evolve(exp, counts=(), order=(), schedule=schedule)
+        traced = [a for a in exp.always if a.matcher is not None]  # an always over trace records, too
+        unchecked += len(traced)
+        exp = attrs.evolve(exp, counts=(), order=(), schedule=schedule,
+                           always=tuple(a for a in exp.always if a.matcher is None))  # fmt: skip
     sim = build(scenario, trace=task.full_checks)
     try:
         result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
@@ -316,32 +319,54 @@ def _typed(cell: str):
 
 def _execute(todo: list[tuple[int, Task]], args, on_done) -> None:
     """Run the tasks; on_done(index, result) in any order (the caller restores product order)."""
-    if args.dask is not None:
-        from dask.distributed import Client, LocalCluster, as_completed
+    with Executor(args.jobs, args.dask) as executor:
+        executor.run(run_one, todo, on_done)
 
-        cluster = None
-        if args.dask == "local":
-            cluster = LocalCluster(n_workers=args.jobs, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)  # fmt: skip
-        try:
-            with Client(cluster if cluster is not None else args.dask) as client:
-                futures = {client.submit(run_one, task, pure=False): i for i, task in todo}
-                for fut in as_completed(futures):
-                    on_done(futures[fut], fut.result())
-        finally:
-            if cluster is not None:
-                cluster.close()
-        return
-    if args.jobs == 1 or len(todo) <= 1:
-        for i, task in todo:
-            on_done(i, run_one(task))
-        return
-    import concurrent.futures
-    import multiprocessing
 
-    # spawn, not fork: the parent holds Unicorn and greenlet state a fork would copy half-made
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, task): i for i, task in todo}
+class Executor:
+    """Runs fn(item) for batches of items: in this process (jobs 1), on `jobs` local processes, or on Dask
+    (an ADDRESS, or "local": a LocalCluster of `jobs` processes).  The pool or client lives from __enter__
+    to __exit__, so that a caller submitting batch after batch (`akaros-sim explore`) starts it once."""
+
+    def __init__(self, jobs: int, dask: str | None = None) -> None:
+        self.jobs, self.dask = jobs, dask
+        self._pool = self._client = self._cluster = None
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def run(self, fn, todo: list[tuple[int, object]], on_done) -> None:
+        """fn(item) for each (index, item); on_done(index, result) as each finishes, in any order."""
+        if self.dask is not None:
+            from dask.distributed import Client, LocalCluster, as_completed
+
+            if self._client is None:
+                if self.dask == "local":
+                    self._cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None)  # fmt: skip
+                self._client = Client(self._cluster if self._cluster is not None else self.dask)
+            futures = {self._client.submit(fn, item, pure=False): i for i, item in todo}
+            for fut in as_completed(futures):
+                on_done(futures[fut], fut.result())
+            return
+        if self.jobs == 1 or (len(todo) <= 1 and self._pool is None):
+            for i, item in todo:
+                on_done(i, fn(item))
+            return
+        import concurrent.futures
+        import multiprocessing
+
+        if self._pool is None:  # spawn, not fork: the parent holds Unicorn and greenlet state a fork would copy half-made
+            self._pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        futures = {self._pool.submit(fn, item): i for i, item in todo}
         for fut in concurrent.futures.as_completed(futures):
             on_done(futures[fut], fut.result())
 
