@@ -147,6 +147,7 @@ class Kernel:
         self._inactive_seq = 0  # how many times a vcore has gone off its pcore (inactive_vcs order)
         self._sysc_ids = 0
         self.latency_override: dict[int, int] = {}
+        self.completion_delay: dict[int, int] = {}  # nr -> extra ns for its next completion (explore)
         self.mm = Mm(proc)  # mmap, munmap, mprotect, kernel-handled page faults (mm.py)
 
     # -- vcores ---------------------------------------------------------------------------
@@ -462,6 +463,7 @@ class Kernel:
         sysc.state = SyscState.DONE
 
     def _complete_later(self, sysc: Syscall, delay: int, retval: int | None) -> None:
+        delay += self.completion_delay.pop(sysc.nr, 0)
         self.engine.schedule(self._kernel_now() + delay, "syscall_done", self._complete, sysc, retval)
 
     def _complete(self, sysc: Syscall, retval: int | None) -> None:

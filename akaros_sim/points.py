@@ -222,6 +222,28 @@ def points_of(proc) -> Points:
     return proc.points
 
 
+def at_point(sim, when, what: str, fn, error=PointError, prefix: str = "at_point") -> dict:
+    """Call fn(vcore running at the point, or None) in kernel context at `when`: a time in ns or a point
+    (a dict).  Returns the normalized point."""
+    proc = sim.proc
+    if not isinstance(when, dict):
+        when = {"at_ns": when}
+    try:
+        when = normalize(when)
+    except PointError as exc:
+        raise error(f"{prefix}: {exc}") from None
+    if "at_ns" in when:
+        sim.at(when["at_ns"], what, fn, None)  # the same record as any timed injection
+    elif "insns" in when:
+        sim.at_insns(when["uthread"], when["insns"], what, points_of(proc)._fire_uth, when, fn, when["uthread"])
+    else:
+        try:
+            points_of(proc).add(when, f"{what} at {label(when)}", fn)
+        except PointError as exc:
+            raise error(f"{prefix}: {exc}") from None
+    return when
+
+
 def preempt(sim, when, vcore: int | None = None, warning_ns: int = 0, duration_ns: int | None = None,
             error=PointError) -> None:
     """Preempt `vcore` (None: the vcore running at the point) at `when`: a time in ns or a point (a dict)."""
@@ -229,12 +251,8 @@ def preempt(sim, when, vcore: int | None = None, warning_ns: int = 0, duration_n
     nvcores = len(proc.engine.vcores)
     if vcore is not None and (not isinstance(vcore, int) or isinstance(vcore, bool) or not 0 <= vcore < nvcores):
         raise error(f"preempt_at: no vcore {vcore} (the machine has {nvcores})")
-    if not isinstance(when, dict):
-        when = {"at_ns": when}
-    try:
-        when = normalize(when)
-    except PointError as exc:
-        raise error(f"preempt_at: {exc}") from None
+    if vcore is None and (not isinstance(when, dict) or "at_ns" in when):
+        raise error("preempt_at: a preemption at a time must name its vcore")
     kernel = proc.kernel
 
     def fire(here):
@@ -245,14 +263,4 @@ def preempt(sim, when, vcore: int | None = None, warning_ns: int = 0, duration_n
             kernel.preempt(target, warning_ns, duration_ns)
 
     what = f"preempt vcore {'here' if vcore is None else vcore}"
-    if "at_ns" in when:
-        if vcore is None:
-            raise error("preempt_at: a preemption at a time must name its vcore")
-        sim.at(when["at_ns"], what, fire, None)  # the same record as any timed injection
-    elif "insns" in when:
-        sim.at_insns(when["uthread"], when["insns"], what, points_of(proc)._fire_uth, when, fire, when["uthread"])
-    else:
-        try:
-            points_of(proc).add(when, f"{what} at {label(when)}", fire)
-        except PointError as exc:
-            raise error(f"preempt_at: {exc}") from None
+    when = at_point(sim, when, what, fire, error, "preempt_at")  # fire's label reads the normalized point
