@@ -1,4 +1,4 @@
-"""Schedule exploration: search preemption placements for one that breaks a scenario, shrink it, replay it.
+"""Schedule exploration: search injection placements for one that breaks a scenario, shrink it, replay it.
 
 The artefact is a schedule file (docs/explore.md)::
 
@@ -9,158 +9,132 @@ The artefact is a schedule file (docs/explore.md)::
 
 Each choice names its point by meaning (akaros_sim/points.py), so the file
 survives edits that shift times and step indices.  A first, unperturbed run
-records the points the scenario passes; strategies choose among those.
+records the points the scenario passes; strategies choose among those
+(explore_search.py), each candidate run is one explore_run.run_task, and a
+failure is shrunk and explained by explore_shrink.py.
 """
 
 from __future__ import annotations
 
-import importlib
-import itertools
+import concurrent.futures
 import json
-import random
 import sys
 from pathlib import Path
 
 import attrs
 
 from akaros_sim.disasm import disassemble
-from akaros_sim.points import PointError, normalize, points_of
-from akaros_sim.tools.expect import check_expectations
-from akaros_sim.tools.scenario import Scenario, ScenarioError, build, load_scenario, parse_overrides
+from akaros_sim.points import PointError
+from akaros_sim.tools import explore_run as run
+from akaros_sim.tools.explore_run import FORMAT, FORMAT2, KINDS, ExploreError, Outcome, judge, run_choices
+from akaros_sim.tools.explore_search import INTERESTING_OPS, STRATEGIES, Progress, candidates, choices_at, search
+from akaros_sim.tools.explore_search import plans as explore_plans
+from akaros_sim.tools.explore_shrink import decisive, shrink, windows
+from akaros_sim.tools.scenario import Scenario, ScenarioError, load_scenario, parse_overrides
 from akaros_sim.tools.shipped import find_scenario
+from akaros_sim.tools.sweep import SweepError
 
-FORMAT = "akaros-sim-schedule/1"
-STRATEGIES = ("random", "pct", "exhaustive")
-# ops worth preempting at: where a 2LS hands a uthread over or changes its mind
-INTERESTING_OPS = frozenset({"sched_entry", "thread_runnable", "thread_paused", "thread_blockon_sysc",
-                             "thread_has_blocked", "thread_yield", "thread_refl_fault"})  # fmt: skip
-
-
-class ExploreError(ValueError):
-    """A bad schedule file or option (the message names it)."""
-
-
-@attrs.frozen
-class Outcome:
-    """One run under a choice list: the failure (None: every oracle held), the simulation, its trace digest."""
-
-    choices: tuple
-    failure: str | None
-    sim: object = attrs.field(repr=False)
-    digest: str = ""
+__all__ = ["FORMAT", "FORMAT2", "INTERESTING_OPS", "KINDS", "STRATEGIES", "Exploration", "ExploreError", "Outcome",
+           "candidates", "explore", "judge", "load", "run_choices", "save", "shrink"]  # fmt: skip
 
 
 @attrs.frozen
 class Exploration:
+    """An exploration's result: runs judged (the first run included), the first failure in plan order and
+    its shrunk form, the candidate count, the strategy that found it, the `sometimes` assertions that never
+    held (coverage gaps), the shrunk schedule's windows and deciding events, whether the time budget ended
+    it, and whether the failing run replayed to the same trace."""
+
     runs: int
     found: Outcome | None
     shrunk: Outcome | None = None
     points: int = 0
-
-
-# -- running one schedule -------------------------------------------------------------------------
-
-
-def run_choices(scenario: Scenario, choices, oracle=None, watch=(), record: bool = False) -> Outcome:
-    """Build the scenario, apply the choices, run it, and ask the oracles."""
-    sim = build(scenario)
-    sim.trace.header["schedule"] = {"format": FORMAT, "choices": [dict(c) for c in choices]}
-    if record:
-        points_of(sim.proc).record(watch)
-    for choice in choices:
-        spec = choice["preempt"]
-        sim.preempt_at(dict(spec["when"]), spec.get("vcore"), spec.get("warning_ns", 0), spec.get("duration_ns"))
-    result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
-    return Outcome(tuple(choices), judge(scenario, sim, result, oracle), sim, sim.trace.digest())
-
-
-def judge(scenario: Scenario, sim, result, oracle=None) -> str | None:
-    """The first failing oracle, in words: the 2LS contract, the invariants ([expect], not [expect.schedule]),
-    then the user's oracle(sim, result) -> bool or a message."""
-    report = result.report or ""
-    if "2LS contract" in report:
-        return report.splitlines()[0]
-    for check in check_expectations(scenario.expect, sim, result, schedule=False):
-        if not check.ok:
-            return f"{check.name}: expected {check.expected!r}, got {check.got!r}"
-    if oracle is not None:
-        verdict = oracle(sim, result)
-        if verdict is False or isinstance(verdict, str):
-            return f"oracle: {verdict if isinstance(verdict, str) else 'returned False'}"
-    return None
-
-
-def _kind(failure: str) -> str:
-    """What a shrink must keep failing on: the check's name, not its numbers."""
-    return failure.split(":", 1)[0]
-
-
-# -- choosing points --------------------------------------------------------------------------------
-
-
-def candidates(log, vcores: int, ras_lengths: dict) -> list[dict]:
-    """The points worth a preemption, in the order the first run passed them."""
-    out = []
-    for point in log:
-        if "in_op" in point and (point["in_op"] not in INTERESTING_OPS or point["vcore"] < 0):
-            continue
-        if "ras" in point or "code" in point:
-            name = point.get("ras", point.get("code"))
-            for offset in range(ras_lengths.get(name, 1)):  # inside the sequence, before each instruction
-                out.append({**point, "offset": offset})
-        else:
-            out.append(point)
-    return out
-
-
-def _choice(when: dict) -> dict:
-    vcore = when["vcore"] if "vcore" in when and when["vcore"] >= 0 else None
-    return {"preempt": {"vcore": vcore, "when": when}}
-
-
-def _plans(strategy: str, points: list, rng: random.Random, runs: int, depth: int, k: int):
-    """Choice lists to try, in order (at most `runs`)."""
-    n = len(points)
-    if not n:
-        return
-    if strategy == "exhaustive":
-        for size in range(1, k + 1):
-            for combo in itertools.combinations(range(n), size):
-                yield [points[i] for i in combo]
-        return
-    for i in range(runs):
-        if strategy == "pct" and i < runs // 2:
-            # PCT (Burckhardt et al. 2010): d-1 change points uniform over the run's points,
-            # depths 2..depth+1 in turn; the second half of the budget falls back to random
-            d = 2 + i % depth
-            picks = sorted(rng.sample(range(n), min(n, d - 1)))
-        else:
-            picks = sorted(rng.sample(range(n), rng.randint(1, min(n, k))))
-        yield [points[j] for j in picks]
+    strategy: str | None = None
+    gaps: tuple[str, ...] = ()
+    windows: tuple = ()
+    decisive: dict | None = None
+    timed_out: bool = False
+    replayed: bool = True
 
 
 def explore(scenario: Scenario, strategy: str = "random", seed: int = 0, runs: int = 100, depth: int = 3,
-            max_preemptions: int = 2, oracle=None, watch=(), shrink_it: bool = True, progress=None) -> Exploration:
-    """Record the points a first run passes, then try schedules until one fails; shrink it."""
+            max_preemptions: int = 2, oracle=None, watch=(), shrink_it: bool = True, progress=None, *,
+            kinds=("preempt",), workers: int = 1, dask: str | None = None, time_s: float | None = None,
+            liveness_ns: int | None = None, explain: bool = True) -> Exploration:  # fmt: skip
+    """Record the points a first run passes, then try schedules until one fails; shrink and explain it.
+
+    kinds: what may be injected (KINDS); workers/dask: the sweep's executor; time_s: a host-time budget
+    checked between batches; liveness_ns: the liveness mode (a uthread runnable longer than this, or never
+    finishing, fails) instead of the safety oracles.
+    """
     if strategy not in STRATEGIES:
         raise ExploreError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ExploreError(f"--kinds: unknown kind(s) {', '.join(bad) or '(none)'} (known: {', '.join(KINDS)})")
     ranges = dict((w.partition("..")[0], w.partition("..")[2]) for w in watch)  # start -> end symbol or ""
-    first = run_choices(scenario, (), oracle, tuple(ranges), record=True)
+    first = run_choices(scenario, (), oracle, tuple(ranges), record=True, liveness_ns=liveness_ns)
+    names = [a.name for a in scenario.expect.sometimes]
     if first.failure is not None:
-        return Exploration(1, first, first)
-    proc = first.sim.proc
-    lengths = _sequence_lengths(first.sim, ranges)
-    points = candidates(proc.points.log, scenario.vcores, lengths)
-    rng = random.Random(seed)
-    tried = 1
-    for plan in itertools.islice(_plans(strategy, points, rng, runs, depth, max_preemptions), runs):
-        tried += 1
-        out = run_choices(scenario, [_choice(p) for p in plan], oracle)
-        if progress is not None:
-            progress(tried, out)
-        if out.failure is not None:
-            return Exploration(tried, out, shrink(scenario, out, oracle) if shrink_it else None, len(points))
-    return Exploration(tried, None, None, len(points))
+        return Exploration(1, first, first, gaps=_gaps(names, first.sometimes))
+    sim = first.sim
+    lengths = _sequence_lengths(sim, ranges)
+    points = candidates(sim.proc.points.log, scenario.vcores, lengths)
+    cands = choices_at(points, kinds, _blocking_syscalls(sim), [m.start for m in scenario.mappings])
+    planned = explore_plans(strategy, len(cands), seed, runs, depth, max_preemptions)
+    found = search(scenario, cands, planned, oracle, liveness_ns, workers, dask, time_s, first.sometimes, progress)
+    gaps = _gaps(names, found.sometimes)
+    if found.choices is None:
+        return Exploration(1 + found.runs, None, None, len(cands), gaps=gaps, timed_out=found.timed_out)
+    again = run_choices(scenario, found.choices, oracle, liveness_ns=liveness_ns)  # the determinism self-check
+    replayed = (again.failure, again.digest) == (found.failure, found.digest)
+    shrunk = wins = why = None
+    if shrink_it:
+        shrunk = shrink(scenario, again, oracle, liveness_ns)
+        if explain:
+            wins = windows(scenario, shrunk, _limits(sim, lengths), oracle, liveness_ns)
+            why = decisive(scenario, shrunk, wins, oracle, liveness_ns, _insn_text(sim))
+    return Exploration(1 + found.runs, again, shrunk, len(cands), found.strategy, gaps, tuple(wins or ()), why,
+                       replayed=replayed)  # fmt: skip
+
+
+def _gaps(names: list, held: tuple) -> tuple[str, ...]:
+    return tuple(name for name, ok in zip(names, held, strict=True) if not ok)
+
+
+def _blocking_syscalls(sim) -> list[str]:
+    """The syscalls the first run waited for (those with a later completion), in first-seen order."""
+    return list(dict.fromkeys(r.get("name") for r in sim.trace.records if r.kind == "syscall_done"))
+
+
+def _limits(sim, lengths: dict):
+    """limit(when, key): the latest value a point can take that the first run reached."""
+    log = sim.proc.points.log or []
+
+    def limit(when: dict, key: str) -> int | None:
+        if key == "nth":
+            same = {k: v for k, v in when.items() if k not in ("nth", "offset")}
+            return sum(1 for p in log if {k: p.get(k) for k in same} == same)
+        if key == "offset":
+            return lengths.get(when.get("ras", when.get("code")), 1) - 1
+        if key == "insns":
+            uth = sim.proc.names.get(when["uthread"])
+            return uth.insns if uth is not None else None
+        return sim.proc.engine.time()
+
+    return limit
+
+
+def _insn_text(sim):
+    """insn_text(when, offset): the instruction `offset` into the sequence a code point names, in words."""
+
+    def text(when: dict, offset: int) -> str:
+        key = "ras" if "ras" in when else "code"
+        start = sim.proc.points.resolve(when[key], key)
+        insn = disassemble(sim.mem, start, offset + 1)[-1]
+        return f"{when['uthread']} runs {when[key]}+{offset} ({insn.mnemonic} {insn.op_str}) first"
+
+    return text
 
 
 def _sequence_lengths(sim, ranges: dict) -> dict:
@@ -180,107 +154,59 @@ def _count_insns(sim, start: int, end: int) -> int:
     return max(1, sum(1 for i in insns if i.addr < end))
 
 
-# -- shrinking --------------------------------------------------------------------------------------
-
-
-def shrink(scenario: Scenario, failing: Outcome, oracle=None) -> Outcome:
-    """Delta-debug the choices (drop), then move each earlier (lower nth, offset, insns, time) while the
-    same check still fails."""
-    kind = _kind(failing.failure)
-    best = failing
-
-    def still(choices):
-        nonlocal best
-        out = run_choices(scenario, choices, oracle)
-        if out.failure is not None and _kind(out.failure) == kind:
-            best = out
-            return True
-        return False
-
-    choices = list(failing.choices)
-    chunk = max(1, len(choices) // 2)
-    while len(choices) > 1 and chunk >= 1:  # ddmin's complement step, enough for short lists
-        for i in range(0, len(choices), chunk):
-            trial = choices[:i] + choices[i + chunk:]
-            if trial and still(trial):
-                choices = trial
-                break
-        else:
-            if chunk == 1:
-                break
-            chunk //= 2
-    for i in range(len(choices)):
-        when = choices[i]["preempt"]["when"]
-        for key in ("nth", "offset", "insns", "at_ns"):
-            if key not in when:
-                continue
-            low = 1 if key in ("nth", "insns") else 0
-            lo, hi = low, when[key]  # binary search for the earliest value that still fails
-            while lo < hi:
-                mid = (lo + hi) // 2
-                trial = _with(choices, i, key, mid)
-                if still(trial):
-                    choices, hi = trial, mid
-                else:
-                    lo = mid + 1
-            when = choices[i]["preempt"]["when"]
-    return best if best.choices == tuple(choices) else run_choices(scenario, choices, oracle)
-
-
-def _with(choices, i: int, key: str, value: int) -> list:
-    spec = choices[i]["preempt"]
-    new = {"preempt": {**spec, "when": {**spec["when"], key: value}}}
-    return choices[:i] + [new] + choices[i + 1:]
-
-
 # -- the schedule file ----------------------------------------------------------------------------------
 
 
-def save(path, scenario: Scenario, outcome: Outcome) -> None:
-    doc = {"format": FORMAT, "scenario": scenario.path.name, "sched": scenario.scheduler, "seed": scenario.seed,
-           "choices": list(outcome.choices), "failure": outcome.failure, "trace_digest": outcome.digest}  # fmt: skip
+def save(path, scenario: Scenario, outcome: Outcome, result: Exploration | None = None) -> None:
+    """Write a schedule file: /1 for preemptions only, /2 once another kind is in it."""
+    doc = {"format": run.format_of(outcome.choices), "scenario": scenario.path.name, "sched": scenario.scheduler,
+           "seed": scenario.seed, "choices": list(outcome.choices), "failure": outcome.failure,
+           "trace_digest": outcome.digest}  # fmt: skip
+    if result is not None and result.windows:
+        doc["windows"] = list(result.windows)
+    if result is not None and result.decisive is not None:
+        doc["decisive"] = {k: v for k, v in result.decisive.items() if k != "passing_choices"}
     Path(path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
 def load(path) -> list[dict]:
-    """The choices of a schedule file, validated."""
+    """The choices of a schedule file (format /1 or /2), validated."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ExploreError(f"{path}: cannot read a schedule: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ExploreError(f"{path}: expected \"format\": \"{FORMAT}\"")
-    out = []
-    for i, choice in enumerate(doc.get("choices", [])):
-        spec = choice.get("preempt") if isinstance(choice, dict) else None
-        if not isinstance(spec, dict):
-            raise ExploreError(f"{path}: choices[{i}]: expected {{\"preempt\": {{...}}}}")
-        try:
-            when = normalize(spec.get("when"))
-        except PointError as exc:
-            raise ExploreError(f"{path}: choices[{i}]: {exc}") from None
-        out.append({"preempt": {**spec, "when": when}})
+    if not isinstance(doc, dict) or doc.get("format") not in run.FORMATS:
+        raise ExploreError(f"{path}: expected \"format\": \"{FORMAT}\" or \"{FORMAT2}\"")
+    choices = doc.get("choices", [])
+    if not isinstance(choices, list):
+        raise ExploreError(f"{path}: choices: expected a list")
+    out = [run.validate_choice(choice, f"{path}: choices[{i}]") for i, choice in enumerate(choices)]
+    if doc["format"] == FORMAT and run.format_of(out) != FORMAT:
+        raise ExploreError(f"{path}: a {FORMAT} file holds preemptions only; other kinds need {FORMAT2}")
     return out
 
 
 # -- the verb ------------------------------------------------------------------------------------------
 
 
-def _oracle(ref: str | None):
-    if not ref:
-        return None
-    module, _, attr = ref.partition(":")
-    if not attr:
-        raise ExploreError(f"--oracle: expected module:function, got {ref!r}")
-    return getattr(importlib.import_module(module), attr)
+def _positive(option: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ExploreError(f"{option}: expected an integer >= 1, got {text!r}")
+    return value
 
 
 def add_parser(sub, common) -> None:
     p = sub.add_parser(
-        "explore", parents=[common], help="search preemption placements for a failing schedule, shrink and save it",
+        "explore", parents=[common], help="search injection placements for a failing schedule, shrink and save it",
         description=(
-            "Search preemption placements in SCENARIO for a schedule that breaks an oracle (its [expect] invariants, "
-            "the 2LS contract, --oracle), shrink it to a minimal one, save it (--out) and replay it (--replay). "
+            "Search preemption placements in SCENARIO for a schedule that breaks an oracle (its [expect] invariants "
+            "and always-assertions, the 2LS contract, --oracle; or, with --liveness, a uthread left runnable too "
+            "long), other injections too (--kinds), shrink it to a minimal one, name the two events whose order "
+            "decides it, save it (--out) and replay it (--replay); report sometimes-assertions that never held. "
             "Exit status: 0 nothing failed, 1 a failing schedule, 2 bad input (docs/explore.md)."
         ),
     )
@@ -289,11 +215,19 @@ def add_parser(sub, common) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default="random")
     p.add_argument("--seed", type=int, default=0, help="the explorer's RNG seed (not the scenario's)")
     p.add_argument("--runs", type=int, default=200, help="budget of runs (default 200)")
+    p.add_argument("--time", type=float, metavar="SECONDS", help="also stop after this much host time (between batches)")
     p.add_argument("--depth", type=int, default=3, help="PCT's largest depth d")
     p.add_argument("--max-preemptions", type=int, default=2, help="k: injections per schedule at most")
+    p.add_argument("--kinds", default="preempt", metavar="K1,K2",
+                   help=f"what to inject: {', '.join(KINDS)} (default preempt)")  # fmt: skip
     p.add_argument("--watch", action="append", default=[],
                    help="also preempt inside code at SYMBOL or SYMBOL..END (no RAS needed); repeatable")
     p.add_argument("--oracle", help="module:function(sim, result) -> bool or a message")
+    p.add_argument("--liveness", metavar="BOUND_NS",
+                   help="liveness mode: fail when a uthread stays runnable longer than BOUND_NS or never finishes")
+    p.add_argument("--jobs", default="1", metavar="N", help="worker processes (default 1: this process)")
+    p.add_argument("--dask", metavar="ADDRESS|local",
+                   help="run on a Dask scheduler at ADDRESS, or on a local cluster of --jobs processes")
     p.add_argument("--out", help="save the shrunk failing schedule here (JSON)")
     p.add_argument("--replay", help="run this schedule file once instead of exploring")
     p.add_argument("--trace", help="write the trace of the failing (or replayed) run here (for explain)")
@@ -301,32 +235,59 @@ def add_parser(sub, common) -> None:
 
 
 def main(args) -> int:
+    progress = None
     try:
         scenario = load_scenario(find_scenario(args.scenario), parse_overrides([], args.sched))
-        oracle = _oracle(args.oracle)
+        oracle = args.oracle
+        run.resolve_oracle(oracle)  # a bad reference fails here, not in a worker
+        liveness_ns = _positive("--liveness", args.liveness) if args.liveness is not None else None
         if args.replay:
-            out = run_choices(scenario, load(args.replay), oracle)
+            out = run_choices(scenario, load(args.replay), oracle, liveness_ns=liveness_ns)
             if args.trace:
                 out.sim.trace.write(args.trace)
             print(f"replayed {len(out.choices)} choice(s): {out.failure or 'no failure'} (trace {out.digest[:16]})")
             return 1 if out.failure else 0
+        jobs = _positive("--jobs", args.jobs)
+        if args.time is not None and args.time <= 0:
+            raise ExploreError(f"--time: expected seconds > 0, got {args.time}")
+        progress = Progress(args.runs)
         result = explore(scenario, args.strategy, args.seed, args.runs, args.depth, args.max_preemptions, oracle,
-                         args.watch)
-    except (ExploreError, ScenarioError, PointError) as exc:
+                         args.watch, progress=progress, kinds=tuple(k for k in args.kinds.split(",") if k),
+                         workers=jobs, dask=args.dask, time_s=args.time, liveness_ns=liveness_ns)  # fmt: skip
+    except (ExploreError, ScenarioError, PointError, SweepError) as exc:
         print(f"akaros-sim explore: {exc}", file=sys.stderr)
         return 2
+    except concurrent.futures.BrokenExecutor as exc:
+        print(f"akaros-sim explore: a worker process died ({type(exc).__name__}); try --jobs 1", file=sys.stderr)
+        return 2
+    finally:
+        if progress is not None:
+            progress.close()
+    for gap in result.gaps:
+        print(f"coverage gap: sometimes {gap!r} never held in {result.runs} run(s)")
     if result.found is None:
-        print(f"no failure in {result.runs} run(s) over {result.points} point(s) ({args.strategy}, seed {args.seed})")
+        budget = "time budget spent" if result.timed_out else args.strategy
+        print(f"no failure in {result.runs} run(s) over {result.points} point(s) ({budget}, seed {args.seed})")
         return 0
     final = result.shrunk or result.found
-    print(f"FAILED after {result.runs} run(s): {result.found.failure}")
+    by = f" ({result.strategy})" if result.strategy else ""
+    print(f"FAILED after {result.runs} run(s){by}: {result.found.failure}")
+    if not result.replayed:
+        print("WARNING: the failing schedule replayed to a different trace (the run is not deterministic)")
     print(f"shrunk to {len(final.choices)} choice(s): {final.failure}")
     for choice in final.choices:
-        print("  " + json.dumps(choice))
+        print(f"  {run.describe(choice)}")
+    for w in result.windows:
+        if w["latest"] != w["earliest"]:
+            print(f"  choice {w['choice']} fails for {w['key']} in {w['earliest']}..{w['latest']}")
+    if result.decisive is not None:
+        d = result.decisive
+        print(f"decided by the order of (with {d['key']} {d['failing']} it fails, with {d['passing']} it passes):")
+        print(f"  failing run: {d['first']}")
+        print(f"  passing run: {d['then']}")
     if args.out:
-        save(args.out, scenario, final)
+        save(args.out, scenario, final, result)
         print(f"saved {args.out}; rerun: akaros-sim explore {args.scenario} --replay {args.out} --trace t.jsonl")
     if args.trace:
         final.sim.trace.write(args.trace)
     return 1
-
