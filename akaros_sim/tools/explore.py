@@ -282,9 +282,10 @@ def main(args) -> int:
             print(f"  choice {w['choice']} fails for {w['key']} in {w['earliest']}..{w['latest']}")
     if result.decisive is not None:
         d = result.decisive
-        print(f"decided by the order of (with {d['key']} {d['failing']} it fails, with {d['passing']} it passes):")
-        print(f"  failing run: {d['first']}")
-        print(f"  passing run: {d['then']}")
+        print(f"decided by the order of ({d['key']} {d['failing']} fails: the first comes first; "
+              f"{d['key']} {d['passing']} passes: the second does):")
+        print(f"  {d['first']}")
+        print(f"  {d['then']}")
     if args.out:
         save(args.out, scenario, final, result)
         print(f"saved {args.out}; rerun: akaros-sim explore {args.scenario} --replay {args.out} --trace t.jsonl")

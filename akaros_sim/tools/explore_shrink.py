@@ -135,14 +135,17 @@ def decisive(scenario, shrunk: Outcome, spans: list[dict], oracle=None, liveness
 def _parting(fail: list, ok: list, choice: dict) -> tuple[str | None, str | None]:
     """Where the runs part: the failing run's injection, and the event the passing run shows before its
     own injection (or its end) that the failing run's injection came before: the first that concerns the
-    choice (the delayed syscall's submission), else the first that is not bookkeeping."""
+    choice (the delayed syscall's submission; else a syscall's completion), else the first that is not
+    bookkeeping."""
     k = next((j for j, (a, b) in enumerate(zip(fail, ok, strict=False)) if a != b), min(len(fail), len(ok)))
     inject = next((r for r in fail[k:] if r.kind == "inject"), None)
     stop = next((j for j in range(k, len(ok)) if ok[j].kind == "inject"), len(ok))
-    between = [r for r in ok[k:stop] if r.kind not in _BOOKKEEPING]
+    between = [r for r in ok[k:stop] if r.kind not in _BOOKKEEPING and r.get("op") != "sched_entry"]
     kind, spec = kind_of(choice)
     if kind == "delay_syscall":
         between = [r for r in between if r.kind == "syscall" and r.get("name") == spec["syscall"]] or between
+    else:  # which completion comes first decides many races (a wake-up lost while a vcore was away)
+        between = [r for r in between if r.kind == "syscall_done"] or between
     first = f"t={inject.t} {inject.get('what')}" if inject is not None else None
     return first, record_text(between[0]) if between else None
 
