@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))
-VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "plot", "ab", "sweep", "cc", "explore", "list")
+VERBS = ("machine", "run", "replay", "diff", "export", "explain", "report", "plot", "ab", "sweep", "cc", "explore", "ras-check", "list")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -278,6 +278,7 @@ HELP = {
     "sweep": "Run every combination of SCENARIOs, 2LSes (--sched, repeatable), the values of each --set",
     "cc": "Compile and link FILEs (.c, .s, .S; the .h files beside them are their headers) into one static",
     "explore": "Search preemption placements in SCENARIO for a schedule that breaks an oracle",
+    "ras-check": "For every restartable sequence SCENARIO declares (and each --range), run it once per instruction",
     "list": "List the scenarios in scenarios/ with their one-line descriptions.",
 }
 
@@ -295,7 +296,7 @@ def test_top_level_help_lists_every_verb():
     """`--help` exits 0 and lists the verbs, in order, each with its one-line summary."""
     proc = cli("--help")
     assert (proc.returncode, proc.stderr) == (0, "")
-    listed = re.findall(r"^    (\w+) ", proc.stdout, flags=re.M)
+    listed = re.findall(r"^    ([\w-]+)\s", proc.stdout, flags=re.M)
     assert listed == list(VERBS)
 
 

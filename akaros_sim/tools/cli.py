@@ -29,6 +29,7 @@ from akaros_sim.kernel import SYS_write as SYS_WRITE
 from akaros_sim.memory import PAGE_SIZE, AddressSpace, MemError, Prot
 from akaros_sim.tools import cc as cc_verb
 from akaros_sim.tools import explore as explore_verb
+from akaros_sim.tools import ras_oracle as ras_check_verb
 from akaros_sim.tools import sweep as sweep_verb
 from akaros_sim.tools.metrics_table import format_metrics, write_json
 from akaros_sim.tools.shipped import find_scenario, shipped_scenarios
@@ -589,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_verb.add_parser(sub, common)
     cc_verb.add_parser(sub, common)
     explore_verb.add_parser(sub, common)
+    ras_check_verb.add_parser(sub, common)
     lister = sub.add_parser("list", parents=[common], help="list the shipped scenarios with their descriptions",
                             description="List the scenarios in scenarios/ with their one-line descriptions.")
     lister.set_defaults(func=cmd_list)
