@@ -172,6 +172,9 @@ def test_a_tick_storm_at_a_point_and_a_page_unmapped_at_a_point(tmp_path):
     read_only = ex.run_choices(unmap_sc, [{"protect": {"when": {"in": "vcore_context", "vcore": 0, "nth": 1},
                                                        "start": page, "length": 4096, "prot": "r"}}])  # fmt: skip
     assert any(r.kind == "fault" for r in read_only.sim.trace.records) and read_only.digest != cut.digest
+    for choices, outcome in (([storm], out), (cut.choices, cut), (read_only.choices, read_only)):  # deterministic
+        sc = scenario if "tick_storm" in choices[0] else unmap_sc
+        assert ex.run_choices(sc, choices).digest == outcome.digest
 
 
 def test_schedule_files_of_both_formats(tmp_path):
