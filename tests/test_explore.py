@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from akaros_sim.tools import explore as ex
+from akaros_sim.tools.cli import main
 from akaros_sim.tools.scenario import load_scenario, run_scenario
 from conftest import CODE, Machine
 
@@ -153,3 +156,48 @@ def test_exhaustive_finds_a_wake_up_lost_only_when_a_running_uthread_is_preempte
     ex.save(out, scenario, result.shrunk)
     again = ex.run_choices(scenario, ex.load(out))
     assert (again.failure, again.digest) == (failure, result.shrunk.digest)
+
+
+# -- the shipped buggy 2LS (scenarios/lost_wakeup.toml) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct", "exhaustive"])
+def test_each_strategy_finds_the_planted_lost_wake_up_within_the_default_budget(strategy, tmp_path, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    """lost_wakeup passes its own run; `explore` with seed 1 and the default budget finds the napper that
+    nobody wakes, shrinks it to at most two preemptions (one as a vcore enters thread_blockon_sysc), and the
+    saved schedule fails the same way twice, with the trace digest it was saved with."""
+    monkeypatch.chdir(tmp_path)
+    assert run_scenario(ROOT / "scenarios" / "lost_wakeup.toml").ok
+    assert main(["explore", "lost_wakeup", "--strategy", strategy, "--seed", "1", "--out", "cx.json"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("FAILED after ")
+    assert f"({strategy}): 2LS contract: 2LS 'trusting-blockon' lost uthread" in out[0]
+    assert out[-1] == "saved cx.json; rerun: akaros-sim explore lost_wakeup --replay cx.json --trace t.jsonl"
+    doc = json.loads(Path("cx.json").read_text(encoding="utf-8"))
+    assert 1 <= len(doc["choices"]) <= 2
+    assert any(c["preempt"]["when"].get("in_op") == "thread_blockon_sysc" for c in doc["choices"])
+    replays = []
+    for _ in range(2):
+        assert main(shlex.split(out[-1].split("rerun: ")[1])[1:]) == 1
+        replays.append(capsys.readouterr().out)
+    assert replays[0] == replays[1]
+    assert "lost uthread" in replays[0] and f"(trace {doc['trace_digest'][:16]})" in replays[0]
+    assert Path("t.jsonl").is_file()
+
+
+def test_without_out_the_report_prints_the_command_that_finds_it_again(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["explore", "lost_wakeup", "--strategy", "pct", "--seed", "1", "--depth", "2"]) == 1
+    first = capsys.readouterr().out.splitlines()
+    assert first[-1] == "rerun: akaros-sim explore lost_wakeup --strategy pct --seed 1 --depth 2 --out cx.json"
+    assert main(shlex.split(first[-1].split("rerun: ")[1])[1:]) == 1
+    again = capsys.readouterr().out.splitlines()
+    assert again[:-1] == first[:-1] and again[-1].startswith("saved cx.json; rerun:")
+
+
+def test_the_planted_race_is_the_2ls_s_own_pthread_keeps_every_invariant(capsys):
+    """Under pthread, which restarts a uthread whose syscall completed before register_evq, the same bounded
+    exhaustive search finds nothing."""
+    assert main(["explore", "lost_wakeup", "--sched", "pthread", "--strategy", "exhaustive", "--runs", "60"]) == 0
+    assert capsys.readouterr().out.startswith("no failure in 61 run(s) over ")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def explore(scenario: Scenario, strategy: str = "random", seed: int = 0, runs: i
     shrunk = wins = why = None
     if shrink_it:
         shrunk = shrink(scenario, again, oracle, liveness_ns)
+        twice = run_choices(scenario, shrunk.choices, oracle, liveness_ns=liveness_ns)  # the one saved, too
+        replayed = replayed and (twice.failure, twice.digest) == (shrunk.failure, shrunk.digest)
         if explain:
             wins = windows(scenario, shrunk, _limits(sim, lengths), oracle, liveness_ns)
             why = decisive(scenario, shrunk, wins, oracle, liveness_ns, _insn_text(sim))
@@ -234,6 +237,20 @@ def add_parser(sub, common) -> None:
     p.set_defaults(func=main)
 
 
+def _argv(args) -> list[str]:
+    """The explore command line that reproduces this search (its options that are not the defaults)."""
+    out = ["explore", args.scenario]
+    for option, value, default in (("--sched", args.sched, None), ("--strategy", args.strategy, "random"),
+                                   ("--seed", args.seed, 0), ("--runs", args.runs, 200), ("--depth", args.depth, 3),
+                                   ("--max-preemptions", args.max_preemptions, 2), ("--kinds", args.kinds, "preempt"),
+                                   ("--oracle", args.oracle, None), ("--liveness", args.liveness, None)):  # fmt: skip
+        if value != default:
+            out += [option, str(value)]
+    for watch in args.watch:
+        out += ["--watch", watch]
+    return out
+
+
 def main(args) -> int:
     progress = None
     try:
@@ -289,6 +306,8 @@ def main(args) -> int:
     if args.out:
         save(args.out, scenario, final, result)
         print(f"saved {args.out}; rerun: akaros-sim explore {args.scenario} --replay {args.out} --trace t.jsonl")
+    else:  # the same search finds the same schedule: the command again, saving it
+        print(f"rerun: akaros-sim {' '.join(shlex.quote(a) for a in _argv(args))} --out cx.json")
     if args.trace:
         final.sim.trace.write(args.trace)
     return 1
