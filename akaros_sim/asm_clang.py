@@ -124,7 +124,7 @@ def _immediates(stmt: str, serial: int) -> list[str]:
     equates, operands = [], []
     for operand in _operands(words[1]):
         names = [n for n in _NAME.findall(_NUMBER.sub(" ", operand)) if not _REGISTER.fullmatch(n)]
-        if names and not re.search(r"[\[\]:]", operand) and not re.search(r"\bptr\b", operand, re.I):
+        if names and not re.search(r"[\[\]:]", operand) and not re.search(r"\b(?:ptr|offset)\b", operand, re.I):
             equate = f"__asm_imm_{serial}_{len(equates)}"
             equates.append(f"{equate} = {operand.strip()}")
             operand = f" offset {equate}" if operand.startswith(" ") else f"offset {equate}"
