@@ -158,3 +158,25 @@ def test_bad_input_is_one_line_naming_it(argv, message, capsys):
     assert main(["ras-check", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("akaros-sim ras-check: ") and message in err and err.count("\n") == 1
+
+
+def test_a_sequence_no_uthread_enters_is_said_to_be_unchecked(tmp_path):
+    path = counter(tmp_path, "ras_counter", lambda t: t.replace(
+        "worker:                     # rdi", "unused:\n    nop\nunused_end:\n    ret\n.ras unused, unused_end\n"
+        "worker:  # rdi"))  # fmt: skip
+    report = ro.check(load_scenario(path))
+    assert report.ok and report.unchecked == ("unused",)
+    lines = ro.format_report(report, "x")
+    assert lines[0] == "sequence unused [0x400000, 0x400001), restart 0x400000: no uthread entered it, nothing to perturb"
+    assert lines[-2:] == ["atomic: 1 sequence(s) under preempt, migrate, fault",
+                          "not checked (no uthread entered them): unused"]  # fmt: skip
+
+
+def test_a_finding_names_the_instruction_where_the_uthread_stopped(tmp_path):
+    """A jump inside the sequence: the 4th instruction run is the store, not the 4th listed; the finding says so."""
+    path = counter(tmp_path, "ras_counter", lambda t: t.replace(
+        "    add rax, 1              # add\n", "    jmp over\n    nop\nover:\n    add rax, 1\nearly:\n").replace(
+        ".ras seq_start, seq_end", ".ras seq_start, early"))  # fmt: skip
+    report = ro.check(load_scenario(path), perturbations=("preempt",))
+    (f,) = report.sequences[0].findings
+    assert (f.spot.index, f.spot.where, f.spot.text) == (3, "early", "mov qword ptr [rsi], rax")
