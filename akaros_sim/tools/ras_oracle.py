@@ -33,7 +33,6 @@ reported with the command that reruns it.
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 
@@ -45,6 +44,7 @@ from akaros_sim.interpose import FaultStatus
 from akaros_sim.memory import PAGE_SIZE
 from akaros_sim.points import PointError, points_of
 from akaros_sim.tools.expect import check_expectations
+from akaros_sim.tools.explore_run import ExploreError, resolve_oracle
 from akaros_sim.tools.scenario import Scenario, ScenarioError, build, load_scenario, parse_overrides
 from akaros_sim.tools.shipped import find_scenario
 
@@ -396,7 +396,7 @@ def add_parser(sub, common) -> None:
 def main(args) -> int:
     try:
         scenario = load_scenario(find_scenario(args.scenario), parse_overrides([], args.sched))
-        oracle = _load_oracle(args.oracle)
+        oracle = resolve_oracle(args.oracle)
         if args.targets < 1:
             raise RasCheckError(f"--targets: expected at least 1, got {args.targets}")
         if args.at is not None:
@@ -404,24 +404,12 @@ def main(args) -> int:
         if args.trace:
             raise RasCheckError("--trace goes with --at (the run to write)")
         report = check(scenario, tuple(args.perturb or PERTURBATIONS), args.targets, args.range, oracle)
-    except (RasCheckError, ScenarioError) as exc:
+    except (RasCheckError, ExploreError, ScenarioError) as exc:
         print(f"akaros-sim ras-check: {exc}", file=sys.stderr)
         return 2
     for line in format_report(report, args.scenario):
         print(line)
     return 0 if report.ok else 1
-
-
-def _load_oracle(ref: str | None):
-    if not ref:
-        return None
-    module, _, attr = ref.partition(":")
-    if not attr:
-        raise RasCheckError(f"--oracle: expected module:function, got {ref!r}")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RasCheckError(f"--oracle {ref}: {exc}") from None
 
 
 def _rerun(args, scenario: Scenario, oracle) -> int:
