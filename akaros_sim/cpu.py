@@ -96,6 +96,7 @@ _RIP, _RFLAGS = REG_NAMES.index("rip"), REG_NAMES.index("rflags")
 _USER_GATES = frozenset({TrapNr.BP, TrapNr.SYSCALL})
 # Exceptions delivered after the instruction completed (rip is the next one).
 _TRAP_KIND = frozenset({TrapNr.BP, TrapNr.DB, TrapNr.OF, TrapNr.SYSCALL})
+_PF_U, _PF_W, _PF_I, _PF_P, _PF_VMR_BACKED = (int(f) for f in (PfErr.U, PfErr.W, PfErr.I, PfErr.P, PfErr.VMR_BACKED))
 
 
 class CpuError(RuntimeError):
@@ -416,16 +417,16 @@ class Cpu:
                 addr = ctx.rip if ctx.rip >> 12 == fault.addr >> 12 else fault.addr
             else:
                 addr = fault_address(self.mem, ctx, fault.addr & ~0xFFF)
-            err = PfErr.U
+            err = _PF_U  # (plain ints: IntFlag arithmetic is a Python-level call per operator)
             if fault.access == Access.WRITE:
-                err |= PfErr.W
+                err |= _PF_W
             elif fault.access == Access.FETCH:
-                err |= PfErr.I
+                err |= _PF_I
             if fault.backed and fault.prot != Prot.NONE:
-                err |= PfErr.P
+                err |= _PF_P
             if fault.in_vmr and not fault.backed:
-                err |= PfErr.VMR_BACKED
-            return TrapStop(insns, TrapNr.PF, int(err), addr)
+                err |= _PF_VMR_BACKED
+            return TrapStop(insns, TrapNr.PF, err, addr)
         raise CpuError(f"emulation stopped with {UcError(status)} at rip={ctx.rip:#x} and no recorded cause")
 
     def _undo_call(self, ctx: UserContext) -> bool:

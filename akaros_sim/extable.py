@@ -34,7 +34,8 @@ _TRAP_CLASS = frozenset(int(t) for t in (TrapNr.DB, TrapNr.BP, TrapNr.OF, TrapNr
 _PF = int(TrapNr.PF)
 _VMR_BACKED = int(PfErr.VMR_BACKED)
 _SKIP, _UACCESS = ExtableType.SKIP, ExtableType.UACCESS
-_TYPE_NAME = {kind: kind.name.lower() for kind in ExtableType}  # the extable_fixup record's `type`
+_TYPE_NAME = {kind._value_: kind.name.lower() for kind in ExtableType}  # the extable_fixup record's `type`, by value
+# (an enum member's hash is a Python-level call; its value's is not)
 
 
 class ExtableError(ValueError):
@@ -114,8 +115,8 @@ class ExtableHandler:
         proc = self.sim
         apply(entry, ctx, proc.mem)
         if proc.tracing:  # with the trace off, no record is built at all
-            proc.trace_event(None, "extable_fixup", uth=uth, insn=old, fixup=ctx.rip, type=_TYPE_NAME[entry.type],
-                             trap=trap)  # fmt: skip
+            proc.trace_event(None, "extable_fixup", uth=uth, insn=old, fixup=ctx.rip,
+                             type=_TYPE_NAME[entry.type._value_], trap=trap)  # fmt: skip
         return FaultStatus.FAULT_FIXED
 
     def sites(self) -> list[tuple[int, int]]:

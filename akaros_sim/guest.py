@@ -53,14 +53,14 @@ class Guest:
         """Run uth's guest context until it exits (or, with call, until it returns to call_guest)."""
         proc = self.proc
         engine, cpu, costs = proc.engine, proc.cpu, proc.costs
-        insn_ns = costs.insn_ns
+        insn_ns, slice_insns = costs.insn_ns, costs.slice_insns
         ctx = uth.ctx
         while True:
             vc = uth.vcore
             if uth.sig_pending is not None:
                 proc.signals.deliver(uth)
             room = (engine.guest_limit() - vc.clock) // insn_ns  # stop exactly at a kernel event
-            budget = max(1, min(costs.slice_insns, room))
+            budget = slice_insns if room >= slice_insns else (room if room > 1 else 1)
             if self.max_insns is not None:
                 budget = max(1, min(budget, self.max_insns - cpu.retired))
             if vc.storm is not None:
@@ -143,10 +143,12 @@ class Guest:
         proc.set_uth_state(uth, BLOCKED, "fault", uth.vcore)  # from the trap on: the kernel's reflection is not its time
         engine.advance(proc.costs.fault_reflect_ns)
         vc = uth.vcore
-        proc.trace_event(
-            vc, "fault", uth=uth, trap=stop.trap_nr, err=stop.err, aux=stop.aux, rip=uth.ctx.rip,
-            insn=describe_insn(proc.mem, trap_insn_addr(proc.mem, stop.trap_nr, uth.ctx.rip)),
-        )  # fmt: skip
+        record = proc.record
+        if record is not None:  # (the instruction is described only for the record)
+            trap, rip = stop.trap_nr, uth._ctx.rip
+            insn = describe_insn(proc.mem, trap_insn_addr(proc.mem, trap, rip))
+            record((engine.time(), vc.id, uth.name, "fault",
+                    (("trap", trap), ("err", stop.err), ("aux", stop.aux), ("rip", rip), ("insn", insn))))  # fmt: skip
         uth.interrupted = Interrupt.FAULT
         engine.enter_vcore_context(vc, Entry.FAULT)
 

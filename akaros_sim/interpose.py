@@ -143,7 +143,7 @@ class HandlerChain:
             if not changed and status is FaultStatus.CONTINUE_NEXT_HANDLER and not self.trace_unchanged:
                 return status
             subject = args[0] if args else None
-            self.tracer("handler", subject, op=self.op_name, handler=self._name(handler), status=status.name,
+            self.tracer("handler", subject, op=self.op_name, handler=self._name(handler), status=status._name_,
                         changed=changed)  # fmt: skip
         return status
 

@@ -63,6 +63,7 @@ class Access(enum.IntEnum):
 # What an access needs from the page, with x86 paging semantics: any present
 # page is readable, EXEC needs NX clear, WRITE needs the W bit.
 _NEEDS = {Access.READ: Prot.READ, Access.WRITE: Prot.WRITE, Access.FETCH: Prot.EXEC}
+_ACCESS = {int(a): a for a in Access}  # Unicorn's access code -> Access, without the enum's Python-level call
 
 
 class MemError(ValueError):
@@ -174,12 +175,12 @@ class AddressSpace:
             if prot & _NEEDS[access] or (access == Access.READ and prot):
                 perms = prot | Prot.READ if prot else prot
                 return int(perms)
-            self.last_fault = MemFault(addr, Access(access), True, True, prot)
+            self.last_fault = MemFault(addr, _ACCESS[access], True, True, prot)
             return -1
         if vmr is None:
-            self.last_fault = MemFault(addr, Access(access), False, False, Prot.NONE)
+            self.last_fault = MemFault(addr, _ACCESS[access], False, False, Prot.NONE)
         else:
-            self.last_fault = MemFault(addr, Access(access), True, False, vmr.prot)
+            self.last_fault = MemFault(addr, _ACCESS[access], True, False, vmr.prot)
         return -1
 
     # -- map changes ------------------------------------------------------------

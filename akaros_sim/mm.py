@@ -33,6 +33,7 @@ MAP_POPULATE = 0x8000
 MMAP_BASE = 0x2000_0000_0000  # where mmap places regions without MAP_FIXED
 
 _U64 = (1 << 64) - 1
+_VMR_BACKED = int(PfErr.VMR_BACKED)  # a plain int: IntFlag arithmetic is a Python-level call
 
 
 def _neg(code: int) -> int:
@@ -102,7 +103,7 @@ class Mm:
         a file page not in the page cache (PF_VMR_BACKED), without PF_VMR_BACKED
         where __hpf fails (-EFAULT: no VMR any more; -EPERM: the VMR's prot).
         """
-        if stop.trap_nr != TrapNr.PF or not stop.err & PfErr.VMR_BACKED:
+        if stop.trap_nr != TrapNr.PF or not stop.err & _VMR_BACKED:
             return stop
         proc = self.proc
         proc.engine.sync()  # act on the address space as it is now, not as the slice ran ahead
@@ -114,7 +115,7 @@ class Mm:
         if vmr is not None and not vmr.anon:
             return stop  # -EAGAIN: reflected with PF_VMR_BACKED
         if vmr is None or not _allows(vmr.prot, stop.err):
-            stop = attrs.evolve(stop, err=stop.err & ~int(PfErr.VMR_BACKED))
+            stop = attrs.evolve(stop, err=stop.err & ~_VMR_BACKED)
             ctx.set_trap(stop.trap_nr, stop.err, stop.aux)
             return stop
         proc.engine.advance(proc.costs.page_zero_ns)

@@ -138,15 +138,17 @@ class Process:
         Runtime details are plain values by construction, so they skip the checks
         `Trace.emit` makes for records from user code.
         """
-        if not self.tracing:
+        record = self.record
+        if record is None:
             return
         engine = self.engine
+        cur = engine.current
         if vc is None:
-            vc = engine.current
+            vc = cur
         if uth is None and vc is not None:
             uth = vc.current_uthread
-        self.trace.add(engine.time(), vc.id if vc is not None else -1, uth.name if uth is not None else "", kind,
-                       tuple(details.items()))  # fmt: skip
+        record((cur.clock if cur is not None else engine.now, vc.id if vc is not None else -1,
+                uth.name if uth is not None else "", kind, tuple(details.items())))  # fmt: skip
 
     def set_uth_state(self, uth: Uthread, state: str, cause: str = "", vc=None, t: int | None = None) -> None:
         """The runtime's view of uth changed (timeline.py): account for it, and record each change once.
@@ -204,7 +206,12 @@ class Process:
                         **details)  # fmt: skip
 
     def trace_chain(self, kind: str, subject=None, **details) -> None:
-        self.trace_event(None, kind, uth=subject if isinstance(subject, Uthread) else None, **details)
+        """A handler chain's tracer: trace_event's record, without passing the details on once more."""
+        engine = self.engine
+        vc = engine.current
+        uth = subject if isinstance(subject, Uthread) else (vc.current_uthread if vc is not None else None)
+        self.record((vc.clock if vc is not None else engine.now, vc.id if vc is not None else -1,
+                     uth.name if uth is not None else "", kind, tuple(details.items())))  # fmt: skip
 
     def fault_report(self, uth: Uthread, headline: str) -> str:
         ctx = uth.ctx
@@ -229,23 +236,29 @@ class Process:
         record = self.record
         if record is not None:
             vc = engine.current
-            if len(args) == 1 and isinstance(args[0], Uthread):  # most ops: one uthread
-                subject = args[0].name
-                by_uth = self._op_details.get(name)
-                if by_uth is None:
-                    by_uth = self._op_details[name] = {}
-                details = by_uth.get(subject)
-                if details is None:  # one tuple per (op, uthread), reused: records stay cheap to keep
-                    details = by_uth[subject] = (("op", name), ("args", (subject,)))
-            else:
-                a0 = args[0] if args else None
-                if isinstance(a0, Uthread):
-                    subject = a0.name
+            a0 = args[0] if args else None
+            if isinstance(a0, Uthread):
+                subject = a0.name
+                # the key: the uthread's name, then the other arguments when they are plain
+                if len(args) == 1:
+                    key = subject
+                elif len(args) == 2 and type(args[1]) in _KEYED:  # (a context is described by its type)
+                    key = (subject, args[1] if type(args[1]) is int else "UserContext")
                 else:
-                    cur = vc.current_uthread if vc is not None else None
-                    subject = cur.name if cur is not None else ""
+                    key = None
+            else:
+                cur = vc.current_uthread if vc is not None else None
+                subject = cur.name if cur is not None else ""
+                key = name if not args else None
+            by_key = self._op_details.get(name)
+            if by_key is None:
+                by_key = self._op_details[name] = {}
+            details = by_key.get(key) if key is not None else None
+            if details is None:  # one tuple per (op, arguments), reused: records stay cheap to build and keep
                 described = tuple([a.name if isinstance(a, Uthread) else _describe_arg(a) for a in args])
                 details = (("op", name), ("args", described))
+                if key is not None:
+                    by_key[key] = details
             if vc is not None:
                 record((vc.clock, vc.id, subject, "op", details))
             else:
@@ -490,6 +503,7 @@ class Process:
 
 
 _PLAIN = frozenset({int, str, bool, type(None)})
+_KEYED = frozenset({int, UserContext})  # second arguments an op record's details are cached by
 _HANDS_OVER = frozenset({"thread_runnable", "thread_paused"})  # ops after which a uthread is the 2LS's to run
 
 

@@ -302,7 +302,9 @@ def handle_refl_fault(proc, vc, uth: Uthread) -> None:
         # fixed by an interposed handler: resume at once here; the 2LS never
         # sees it, and the fix is authoritative (no RAS restart undoes it)
         uth.interrupted = None
-        proc.trace_event(vc, "fault_fixed", uth=uth, rip=uth.ctx.rip)
+        record = proc.record
+        if record is not None:
+            record((vc.clock, vc.id, uth.name, "fault_fixed", (("rip", uth.ctx.rip),)))
         _pop(proc, vc, uth, "fault_fixed")
     proc.engine.restart_vcore_entry(vc)
 

@@ -43,9 +43,10 @@ def vcore_entry(proc, vc, entry, action, restarted: bool) -> None:
     record = proc.record
     if record is not None and not restarted:
         name = cur.name if cur is not None else None
-        details = proc.entry_details.get((entry, name))
+        key = (entry._value_, name)  # (by value: an enum member's hash is a Python-level call)
+        details = proc.entry_details.get(key)
         if details is None:
-            details = proc.entry_details[(entry, name)] = (("why", entry.value), ("cur", name))
+            details = proc.entry_details[key] = (("why", entry._value_), ("cur", name))
         record((vc.clock, vc.id, name or "", "vcore_entry", details))
     if action is not None:
         action(vc)
