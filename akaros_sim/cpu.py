@@ -99,6 +99,17 @@ _TRAP_KIND = frozenset({TrapNr.BP, TrapNr.DB, TrapNr.OF, TrapNr.SYSCALL})
 _PF_U, _PF_W, _PF_I, _PF_P, _PF_VMR_BACKED = (int(f) for f in (PfErr.U, PfErr.W, PfErr.I, PfErr.P, PfErr.VMR_BACKED))
 
 
+class _TlbEntry(ctypes.Structure):
+    """Unicorn's uc_tlb_entry, written in place by the TLB fill hook."""
+
+    _fields_ = (("paddr", ctypes.c_uint64), ("perms", ctypes.c_uint32))
+
+
+# bool (*)(uc_engine *, uint64_t vaddr, uc_mem_type, uc_tlb_entry *, void *user_data)
+_TLB_FILL_CFUNC = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
+                                   ctypes.c_void_p)  # fmt: skip
+
+
 class CpuError(RuntimeError):
     """The emulator did something this module does not understand (a bug, never guest behaviour)."""
 
@@ -252,7 +263,12 @@ class Cpu:
         self._reg_ids = (ctypes.c_int * _NREGS)(*(_UC_REGS[n] for n in REG_NAMES))
         self._uc_ctx = uc.context_save()
 
-        uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        # The TLB fill hook runs on every fault and every page first touched: registered through the
+        # C API with the entry as an address, it skips the binding's wrapper frames and the entry
+        # struct a denied access never writes.
+        self._hook_error: BaseException | None = None
+        self._tlb_cb = _TLB_FILL_CFUNC(self._on_tlb_fill)
+        uc._Uc__do_hook_add(UC_HOOK_TLB_FILL, self._tlb_cb, 1, 0)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         # Unicorn runs in/out even in ring 3 (it skips the IOPL/TSS check).
@@ -288,16 +304,23 @@ class Cpu:
 
     # -- hooks (record and stop; never switch, map or start emulation here) ---------
 
-    def _on_tlb_fill(self, uc, vaddr, access, entry, _ud) -> bool:
-        if self._booting and KERNEL_BASE <= vaddr < KERNEL_BASE + KERNEL_SIZE:
-            perms = 7
-        else:
-            perms = self.mem.tlb_perms(vaddr, access)
-            if perms < 0:
-                return False
-        entry.paddr = vaddr & ~0xFFF
-        entry.perms = perms
-        return True
+    def _on_tlb_fill(self, _uch, vaddr, access, entry, _key) -> bool:
+        try:
+            if self._booting and KERNEL_BASE <= vaddr < KERNEL_BASE + KERNEL_SIZE:
+                perms = 7
+            else:
+                perms = self.mem.tlb_perms(vaddr, access)
+                if perms < 0:
+                    return False
+            fill = _TlbEntry.from_address(entry)
+            fill.paddr = vaddr & ~0xFFF
+            fill.perms = perms
+            return True
+        except BaseException as exc:  # (ctypes would print and drop it): Cpu.run raises it as a CpuError
+            if self._hook_error is None:
+                self._hook_error = exc
+            self._uc.emu_stop()
+            return False
 
     def _on_intr(self, uc, intno, _ud) -> None:
         self._intr = intno
@@ -389,6 +412,9 @@ class Cpu:
         return stop
 
     def _classify(self, ctx: UserContext, status: int, counter: int) -> StopReason:
+        if self._hook_error is not None:
+            exc, self._hook_error = self._hook_error, None
+            raise CpuError(f"the TLB fill hook raised {type(exc).__name__}: {exc}") from exc
         if self._syscall:
             # Hardware: rcx <- next rip, r11 <- rflags.  Unicorn sets neither.
             ctx.rcx, ctx.r11 = ctx.rip, ctx.rflags
