@@ -347,7 +347,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Run a scenario (or read a trace) and narrate it, one sentence per record."""
-    from akaros_sim.tools.explain import Selection, narrate
+    from akaros_sim.tools.explain import Selection, deciding, narrate
     from akaros_sim.tools.scenario import ScenarioError, run_scenario
 
     if args.source.endswith(".jsonl"):
@@ -374,6 +374,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if select.by_time:
         print("(records in virtual-time order, vcores merged; #N is the emission order)")
     for line in lines:
+        print(line)
+    for line in deciding(trace):
         print(line)
     return 0
 

@@ -265,14 +265,76 @@ def narrate(trace: Trace, brief: bool = False, select: Selection | None = None) 
     numbered = select.narrowed or select.by_time
 
     def line(index: int, rec: TraceRecord) -> str:
-        where = f"vcore {rec.vc}" if rec.vc >= 0 else "kernel "
-        who = f"[{rec.uth}]" if rec.uth else ""
-        mark = f"#{index:<7}" if numbered else ""
-        return f"{mark}{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}"
+        return _line(index, rec, numbered)
 
     if select.faults and not select.by_time:
         return _fault_stories(chosen, line)
     return [line(index, rec) for index, rec in chosen]
+
+
+def _line(index: int, rec: TraceRecord, numbered: bool = True) -> str:
+    where = f"vcore {rec.vc}" if rec.vc >= 0 else "kernel "
+    who = f"[{rec.uth}]" if rec.uth else ""
+    mark = f"#{index:<7}" if numbered else ""
+    return f"{mark}{rec.t:>12,} ns  {where:<8} {who:<12} {sentence(rec)}"
+
+
+def deciding_records(trace: Trace) -> tuple[list[tuple[int | None, str]], dict] | None:
+    """The deciding events explore put in the header of a failing run's trace (docs/explore.md): each as
+    (record number, or None for an event with no record of its own, such as an instruction; its text as
+    explore put it), and the header's entry; None when the trace has none or they do not fit it."""
+    d = trace.header.get("decisive")
+    if not isinstance(d, dict) or not isinstance(d.get("records"), list) or len(d["records"]) != 2:
+        return None
+    out = []
+    for number, text in zip(d["records"], (d.get("first"), d.get("then")), strict=True):
+        if number is not None and (type(number) is not int or not 0 <= number < len(trace)):
+            return None
+        out.append((number, str(text)))
+    return out, d
+
+
+def concerns(records: list, i: int) -> tuple[int, str, int] | None:
+    """The vcore and uthread a kernel-side record is about, and the record that says so: an injection's
+    first effect at its time, a completion's syscall.  None: the record names them itself, or nothing does."""
+    rec = records[i]
+    if rec.vc >= 0:
+        return None
+    if rec.kind == "inject":
+        j = next((j for j in range(i + 1, len(records)) if records[j].t == rec.t and records[j].vc >= 0), None)
+    elif rec.kind == "syscall_done":
+        sysc = rec.get("sysc")
+        j = next((j for j in range(i - 1, -1, -1) if records[j].kind == "syscall" and records[j].get("sysc") == sysc),
+                 None)  # fmt: skip
+    else:
+        j = None
+    return None if j is None else (records[j].vc, records[j].uth, j)
+
+
+def _concerns(records: list, i: int) -> str:
+    about = concerns(records, i)
+    if about is None:
+        return ""
+    vc, uth, j = about
+    who = f" [{uth}]" if uth else ""
+    return f" (about vcore {vc}{who}: #{j})"
+
+
+def deciding(trace: Trace) -> list[str]:
+    """The "deciding events" section: the two events whose order decides the failure, and which order fails."""
+    found = deciding_records(trace)
+    if found is None:
+        return [] if "decisive" not in trace.header else ["deciding events: the header's entry does not fit this trace"]
+    events, d = found
+    records = trace.records
+    lines = ["deciding events (their order decides the failure):"]
+    for number, text in events:
+        lines.append(_line(number, records[number]) + _concerns(records, number) if number is not None
+                     else f"{'(no record)':<12}{text}")  # fmt: skip
+    second = f"#{events[1][0]}" if events[1][0] is not None else "that instruction"
+    lines.append(f"fails in this order ({d.get('key')} {d.get('failing')}); passes when {second} comes first "
+                 f"({d.get('key')} {d.get('passing')})")  # fmt: skip
+    return lines
 
 
 # details that differ between two tellings of the same fault story (the data address, the old registers)

@@ -168,8 +168,26 @@ def save(path, scenario: Scenario, outcome: Outcome, result: Exploration | None 
     if result is not None and result.windows:
         doc["windows"] = list(result.windows)
     if result is not None and result.decisive is not None:
-        doc["decisive"] = {k: v for k, v in result.decisive.items() if k != "passing_choices"}
+        doc["decisive"] = _saved(result.decisive)
     Path(path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def _saved(decisive: dict) -> dict:
+    return {k: v for k, v in decisive.items() if k != "passing_choices"}
+
+
+def mark_decisive(trace, decisive: dict | None) -> None:
+    """Put the deciding events in the header of the failing run's trace, for explain, report and export.
+    Only as it is written: the digests explore prints and saves are of the run, which this does not change."""
+    if decisive is not None and isinstance(decisive.get("records"), list):
+        trace.header["decisive"] = _saved(decisive)
+
+
+def saved_decisive(path, digest: str) -> dict | None:
+    """A schedule file's deciding events, if a replay gave the trace they were saved with (its record
+    numbers point into that trace only)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    return doc.get("decisive") if doc.get("trace_digest") == digest else None
 
 
 def load(path) -> list[dict]:
@@ -261,6 +279,7 @@ def main(args) -> int:
         if args.replay:
             out = run_choices(scenario, load(args.replay), oracle, liveness_ns=liveness_ns)
             if args.trace:
+                mark_decisive(out.sim.trace, saved_decisive(args.replay, out.digest))
                 out.sim.trace.write(args.trace)
             print(f"replayed {len(out.choices)} choice(s): {out.failure or 'no failure'} (trace {out.digest[:16]})")
             return 1 if out.failure else 0
@@ -309,5 +328,6 @@ def main(args) -> int:
     else:  # the same search finds the same schedule: the command again, saving it
         print(f"rerun: akaros-sim {' '.join(shlex.quote(a) for a in _argv(args))} --out cx.json")
     if args.trace:
+        mark_decisive(final.sim.trace, result.decisive if final is result.shrunk else None)
         final.sim.trace.write(args.trace)
     return 1

@@ -121,24 +121,27 @@ def decisive(scenario, shrunk: Outcome, spans: list[dict], oracle=None, liveness
             passing = trial.run(moved)
             if passing.failure is not None:
                 continue
-            first, then = _parting(shrunk.sim.trace.records, passing.sim.trace.records, choices[i])
-            if key == "offset" and insn_text is not None:  # the same slice: an instruction decides
+            first, then, records = _parting(shrunk.sim.trace.records, passing.sim.trace.records, choices[i])
+            if key == "offset" and insn_text is not None:  # the same slice: an instruction decides, no record
                 edge = span["latest"] if value > at else span["earliest"] - 1
                 then = insn_text(_when(choices[i]), edge)
+                records = [records[0], None]
             if first is None or then is None:
                 continue
             return {"choice": i, "key": key, "failing": at, "passing": value, "first": first, "then": then,
-                    "passing_choices": moved}  # fmt: skip
+                    "records": records, "passing_choices": moved}  # fmt: skip
     return None
 
 
-def _parting(fail: list, ok: list, choice: dict) -> tuple[str | None, str | None]:
+def _parting(fail: list, ok: list, choice: dict) -> tuple[str | None, str | None, list]:
     """Where the runs part: the failing run's injection, and the event the passing run shows before its
     own injection (or its end) that the failing run's injection came before: the first that concerns the
     choice (the delayed syscall's submission; else a syscall's completion), else the first that is not
-    bookkeeping."""
+    bookkeeping.  Also both events' record numbers in the failing run (None: the second never happens
+    there), which is what a trace's header carries for explain, report and export to point at."""
     k = next((j for j, (a, b) in enumerate(zip(fail, ok, strict=False)) if a != b), min(len(fail), len(ok)))
-    inject = next((r for r in fail[k:] if r.kind == "inject"), None)
+    at = next((j for j in range(k, len(fail)) if fail[j].kind == "inject"), None)
+    inject = fail[at] if at is not None else None
     stop = next((j for j in range(k, len(ok)) if ok[j].kind == "inject"), len(ok))
     between = [r for r in ok[k:stop] if r.kind not in _BOOKKEEPING and r.get("op") != "sched_entry"]
     kind, spec = kind_of(choice)
@@ -147,7 +150,18 @@ def _parting(fail: list, ok: list, choice: dict) -> tuple[str | None, str | None
     else:  # which completion comes first decides many races (a wake-up lost while a vcore was away)
         between = [r for r in between if r.kind == "syscall_done"] or between
     first = f"t={inject.t} {inject.get('what')}" if inject is not None else None
-    return first, record_text(between[0]) if between else None
+    if not between:
+        return first, None, [at, None]
+    return first, record_text(between[0]), [at, _same_event(fail, at, between[0])]
+
+
+def _same_event(records: list, after: int | None, rec) -> int | None:
+    """The record number of `rec`'s event in another run, after record #after: the same kind, uthread and
+    details, at whatever time (the order changed, so the time may have)."""
+    if after is None:
+        return None
+    return next((j for j in range(after + 1, len(records)) if records[j].kind == rec.kind
+                 and records[j].uth == rec.uth and records[j].details == rec.details), None)  # fmt: skip
 
 
 def record_text(rec) -> str:

@@ -9,7 +9,10 @@ its states over time (concepts.md, "Uthread time"): "running (vcore N)",
 "runnable", "blocked: CAUSE".  Flow arrows join a uthread's runs on two
 vcores (a migration) and each fault's story on its vcore: the fault, the
 handlers' decisions, the fixup, the resume.  Counter tracks follow the number
-of runnable uthreads and of vcores online.  Timestamps are virtual time in
+of runnable uthreads and of vcores online.  A failing run's trace from
+`explore --trace` adds its two deciding events (the header's `decisive`) as
+instants named "deciding event 1" and "2" on the track of the vcore they are
+about, joined by a flow in their failing order.  Timestamps are virtual time in
 microseconds (the format's unit), so 1 ns is 0.001.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 
 from akaros_sim.timeline import BLOCKED, RUNNABLE, RUNNING, spans
+from akaros_sim.tools.explain import concerns, deciding_records, sentence
 from akaros_sim.trace import Trace
 
 VCORES_PID, UTHREADS_PID = 1, 2
@@ -123,6 +127,35 @@ def _flow(ph: str, fid: int, rec) -> dict:
     return ev
 
 
+def _decisive(trace: Trace) -> list[dict]:
+    """The deciding events as instants, each on the track of the vcore it is about (the kernel's if none),
+    and a flow from the first to the second when both are records."""
+    found = deciding_records(trace)
+    if found is None:
+        return []
+    records = trace.records
+    out, ends = [], []
+    for i, (number, text) in enumerate(found[0], start=1):
+        if number is None:
+            continue
+        rec = records[number]
+        about = concerns(records, number)
+        vc = rec.vc if rec.vc >= 0 else (about[0] if about is not None and about[0] >= 0 else KERNEL_TID)
+        uth = rec.uth or (about[1] if about is not None else "")
+        args = {"record": number, "event": sentence(rec), "explore": text, **({"uthread": uth} if uth else {})}
+        out.append({"ph": "i", "s": "t", "pid": VCORES_PID, "tid": vc, "name": f"deciding event {i}",
+                    "cat": "decisive", "ts": _us(rec.t), "args": args})  # fmt: skip
+        ends.append((vc, rec.t))
+    if len(ends) == 2:
+        for ph, (vc, t) in zip(("s", "f"), ends, strict=True):
+            ev = {"ph": ph, "pid": VCORES_PID, "tid": vc, "name": "deciding order", "cat": "decisive", "id": 1,
+                  "ts": _us(t)}  # fmt: skip
+            if ph == "f":
+                ev["bp"] = "e"
+            out.append(ev)
+    return out
+
+
 def _counters(records) -> list[dict]:
     """Counter tracks: uthreads runnable, and vcores online, at each change."""
     out = []
@@ -179,6 +212,7 @@ def to_chrome(trace: Trace) -> dict:
             events.append({"ph": "i", "s": "t", "pid": VCORES_PID, "tid": rec.vc if rec.vc >= 0 else KERNEL_TID,
                            "name": INSTANTS[rec.kind], "cat": rec.kind, "ts": _us(rec.t), "args": args})  # fmt: skip
     events += _flows(records, runs_by_uth)
+    events += _decisive(trace)
     events += _counters(records)
     return {"traceEvents": events, "displayTimeUnit": "ns", "otherData": {"akaros_sim": dict(trace.header)}}
 

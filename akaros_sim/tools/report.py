@@ -3,7 +3,8 @@
 The page holds the run's summary and metrics, a Gantt chart of uthread time
 (inline SVG: one row per uthread, each span a state; timeline.py defines
 them) with marks for faults, extable fixups and RAS restarts, and each fault's
-story told with explain's sentences.  It needs no network (inline CSS, SVG and
+story told with explain's sentences.  A failing run's trace from `explore --trace` also gets its two
+deciding events (the header's `decisive`) drawn as lines across the chart and named in the summary.  It needs no network (inline CSS, SVG and
 JS only) and is a function of the trace alone: same trace, same bytes.
 """
 
@@ -22,7 +23,7 @@ from akaros_sim.context import TrapNr
 from akaros_sim.metrics import Distribution, Metrics, from_trace
 from akaros_sim.timeline import BLOCKED, CAUSES, EXITED, RUNNING, STATES
 from akaros_sim.timeline import spans as timeline_spans
-from akaros_sim.tools.explain import Selection, sentence
+from akaros_sim.tools.explain import Selection, concerns, deciding_records, sentence
 from akaros_sim.trace import FORMAT, Trace, TraceRecord
 
 STORIES_SHOWN = 200  # fault stories told in full; past it a line counts the rest, so the page stays small
@@ -91,6 +92,25 @@ class Chart:
     spans: dict[str, list[tuple]]  # uthread -> (start, end, state, cause, vcore), in creation order
     marks: dict[str, list[tuple]]  # uthread -> (t, kind, text, fault number or 0)
     faults: list[Fault]
+    decisive: list[tuple] = attrs.Factory(list)  # (record number or None, t or None, uthread, text), in order
+
+
+def _decisive(trace: Trace) -> list[tuple]:
+    """The deciding events of the header, each with its time and the uthread it is about."""
+    found = deciding_records(trace)
+    if found is None:
+        return []
+    records = trace.records
+    out = []
+    for number, text in found[0]:
+        if number is None:
+            out.append((None, None, "", text))
+            continue
+        rec = records[number]
+        about = concerns(records, number)
+        uth = rec.uth or (about[1] if about is not None else "")
+        out.append((number, rec.t, uth, f"#{number}: {sentence(rec)}"))
+    return out
 
 
 def walk(trace: Trace) -> Chart:
@@ -123,7 +143,7 @@ def walk(trace: Trace) -> Chart:
             if fault is not None:
                 fault.story.append((index, rec))
                 last = fault
-    return Chart(end, spans, marks, faults)
+    return Chart(end, spans, marks, faults, _decisive(trace))
 
 
 # -- the page ---------------------------------------------------------------------------------------
@@ -189,10 +209,22 @@ def _summary(trace: Trace, m: Metrics, chart: Chart) -> str:
     description = _description(h)
     if description:
         out.append(f'<p class="description">{_e(description)}</p>')
+    if chart.decisive:
+        d = trace.header["decisive"]
+        first, then = chart.decisive
+        rows.append(("deciding events", f"{_at(first)}, then {_at(then)}: this order fails "
+                     f"({d.get('key')} {d.get('failing')}); the other passes ({d.get('key')} {d.get('passing')})"))
     out.append('<table class="kv">')
     out += [f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows]
     out.append("</table></section>")
     return "".join(out)
+
+
+def _at(event: tuple) -> str:
+    number, t, uth, text = event
+    if number is None:
+        return text
+    return f"{text} at {t:,} ns" + (f" ({uth})" if uth else "")
 
 
 def _dist_row(label: str, d: Distribution) -> tuple:
@@ -339,12 +371,23 @@ def _gantt(chart: Chart, nvcores: int) -> str:
                        f'height="{ROW_H - 6}"><title>{_e(title)}</title></rect>')  # fmt: skip
         out.append(_marks(chart.marks.get(name, ()), scale))
         out.append("</g>")
+    for i, (number, t, uth, text) in enumerate(chart.decisive, start=1):
+        if number is None:
+            continue
+        x = LABEL_W + t * scale
+        title = _e(f"deciding event {i} of 2: {t:,} ns{f' ({uth})' if uth else ''}, {text}")
+        out.append(f'<g class="m-decisive" data-record="{number}"><title>{title}</title>'
+                   f'<line x1="{x:.2f}" y1="{AXIS_H - 4}" x2="{x:.2f}" y2="{height}"/>'
+                   f'<text x="{x + 2:.2f}" y="{AXIS_H - 1}">#{number}</text></g>')  # fmt: skip
     out.append("</svg>")
     legend = ['<p class="legend">',
               '<span><i class="s-runnable"></i>runnable</span>',
               '<span><i class="s-blocked"></i>blocked (the tooltip names the cause)</span>']  # fmt: skip
     legend += [f'<span><i class="{colour[vc]}"></i>running on vcore {vc}</span>' for vc in vcores]
     legend += [f'<span><b class="k-{kind}"></b>{_e(text)}</span>' for kind, text in MARKS.items()]
+    if chart.decisive:
+        legend.append('<span><b class="k-decisive"></b>a deciding event (explore: their order decides the failure)'
+                      "</span>")  # fmt: skip
     legend.append("</p>")
     return "".join(['<section id="gantt"><h2>Uthread time</h2>',
                     "<p>One row per uthread, in creation order; virtual time in ns. Hover a span for its state "
@@ -436,10 +479,11 @@ svg.gantt text{font-size:11px}svg.gantt .label{text-anchor:end}svg.gantt .axis{t
 svg.gantt .tick{stroke:#eee}
 .s-runnable{fill:#f2d16b;background:#f2d16b}.s-blocked{fill:#d9d9d9;background:#d9d9d9}
 .m-fault{fill:#d62728;cursor:pointer}.m-extable{fill:#ff7f0e}.m-ras{fill:#111}
+.m-decisive line{stroke:#c00;stroke-width:2;stroke-dasharray:4 3}.m-decisive text{fill:#c00;font-weight:bold}
 .legend span{margin-right:1.2em;white-space:nowrap}
 .legend i{display:inline-block;width:14px;height:10px;margin-right:4px;vertical-align:middle}
 .legend b{display:inline-block;width:8px;height:8px;margin-right:4px;vertical-align:middle}
-.k-fault{background:#d62728}.k-extable_fixup{background:#ff7f0e;transform:rotate(45deg)}.k-ras_restart{background:#111;width:2px!important}
+.k-decisive{background:#c00;width:2px!important}.k-fault{background:#d62728}.k-extable_fixup{background:#ff7f0e;transform:rotate(45deg)}.k-ras_restart{background:#111;width:2px!important}
 details.fault{margin:.3em 0;padding:.2em .5em;border-left:3px solid #d62728}
 details.fault[open]{background:#fafafa}summary{cursor:pointer}
 ul.story{font-size:13px;list-style:none;padding-left:1em}.when{color:#666;font-variant-numeric:tabular-nums}code.insn{background:#eee;padding:0 4px}
@@ -475,6 +519,7 @@ _JS_MAIN = """
   var body = document.body;
   if (window.reportErrors.length) { body.dataset.errors = window.reportErrors.join("; "); }
   body.dataset.rows = String(document.querySelectorAll(".gantt-row").length);
+  body.dataset.decisive = String(document.querySelectorAll(".m-decisive").length);
   body.dataset.ready = "1";
 })();
 """
