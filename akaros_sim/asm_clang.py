@@ -75,7 +75,7 @@ def assemble_sections(text_lines: Sequence, data_lines: Sequence, base: int, dat
         raise ClangAsmError(why, lineno, statement)
     with io.BytesIO(outcome) as f:
         elf = ELFFile(f)
-        text, tbase = _section(elf, ".text", base)
+        text, _ = _section(elf, ".text", base)
         data, dbase = _section(elf, ".data", data_base if data_base is not None else _page_up(base + len(text)))
         table = elf.get_section_by_name(_TABLE)
         table = table.data() if table is not None else b""
