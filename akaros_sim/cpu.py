@@ -60,6 +60,7 @@ from unicorn.unicorn_py3.unicorn import uccallback, uclib
 from akaros_sim.context import FL_ALWAYS, FL_USER_MASK, REG_NAMES, U64, PfErr, TrapNr, UserContext
 from akaros_sim.disasm import disassemble, fault_address
 from akaros_sim.memory import KERNEL_BASE, KERNEL_SIZE, Access, AddressSpace, Prot
+from akaros_sim.stops import BudgetSpent, StopReason, SyscallStop, TrapStop
 
 _GDT = (
     0,
@@ -112,49 +113,6 @@ _TLB_FILL_CFUNC = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint
 
 class CpuError(RuntimeError):
     """The emulator did something this module does not understand (a bug, never guest behaviour)."""
-
-
-# -- stop records ---------------------------------------------------------------
-
-
-@attrs.frozen
-class BudgetSpent:
-    """The run used its whole budget (or a watch stopped it early); `insns` is what ran."""
-
-    insns: int
-
-
-@attrs.frozen
-class SyscallStop:
-    """A `syscall` instruction: number and the six argument registers (Linux order)."""
-
-    insns: int
-    nr: int
-    args: tuple[int, int, int, int, int, int]
-
-
-@attrs.frozen
-class TrapStop:
-    """A hardware trap as a kernel sees it: vector, error code, aux (CR2 for #PF)."""
-
-    insns: int
-    trap_nr: int = attrs.field(converter=int)
-    err: int = attrs.field(default=0, converter=int)
-    aux: int = 0
-
-    def describe(self) -> str:
-        try:
-            name = TrapNr(self.trap_nr).name
-        except ValueError:
-            name = f"vector {self.trap_nr}"
-        text = f"#{name} (trap {self.trap_nr}) err={self.err:#x}"
-        if self.trap_nr == TrapNr.PF:
-            bits = "|".join(b.name for b in PfErr if b & self.err) or "0"
-            text += f" [{bits}] addr={self.aux:#x}"
-        return text
-
-
-StopReason = BudgetSpent | SyscallStop | TrapStop
 
 
 def is_canonical(addr: int) -> bool:
