@@ -11,6 +11,8 @@ A point ("when") is one of:
                                                           instruction of the sequence starting at
                                                           symbol `inc`, plus `offset` instructions
     {"code": "seq_start", ...}                            the same for any code symbol (no RAS needed)
+    {"mutex": "queue", "uthread": "w3", "nth": 2}         right after w3 acquires the Mutex named "queue"
+                                                          (its name in the trace) for the 2nd time: it holds it
 
 Counting by meaning is what lets a saved schedule survive unrelated edits:
 "the 2nd entry of w3 into `inc`" still names the same moment after another
@@ -54,12 +56,14 @@ def normalize(when: dict) -> dict:
         out = {"in": "vcore_context", "vcore": _int(when, "vcore", 0), "nth": _int(when, "nth", 1, 1)}
     elif "in_op" in when:
         out = {"in_op": _name(when, "in_op"), "vcore": _int(when, "vcore", -1), "nth": _int(when, "nth", 1, 1)}
+    elif "mutex" in when:
+        out = {"mutex": _name(when, "mutex"), "uthread": _name(when, "uthread"), "nth": _int(when, "nth", 1, 1)}
     elif "ras" in when or "code" in when:
         key = "ras" if "ras" in when else "code"
         out = {key: _name(when, key), "uthread": _name(when, "uthread"), "nth": _int(when, "nth", 1, 1),
                "offset": _int(when, "offset", 0, 0)}  # fmt: skip
     else:
-        raise PointError(f"point {when!r}: expected one of at_ns, insns, in, in_op, ras, code")
+        raise PointError(f"point {when!r}: expected one of at_ns, insns, in, in_op, ras, code, mutex")
     extra = set(when) - set(out)
     if extra:
         raise PointError(f"point {when!r}: unknown key(s) {', '.join(sorted(extra))}")
@@ -84,6 +88,8 @@ def label(when: dict) -> str:
         return f"vcore {when['vcore']} vcore-context {nth}"
     if "in_op" in when:
         return f"{when['in_op']} on vcore {when['vcore']} call #{when['nth']}"
+    if "mutex" in when:
+        return f"{when['uthread']} holding mutex {when['mutex']} (acquisition #{when['nth']})"
     key = "ras" if "ras" in when else "code"
     off = f" +{when['offset']}" if when["offset"] else ""
     return f"{when['uthread']} {key} {when[key]} {nth}{off}"
@@ -93,7 +99,7 @@ class Points:
     """Resolves named points in one process and records the points a run passes.
 
     Lifecycle: made before the run (points_of); targets added; the run calls
-    on_op (Process.call_op) and the CPU watches call _on_code.
+    on_op (Process.call_op) and on_mutex (sync.Mutex), and the CPU watches call _on_code.
     """
 
     def __init__(self, proc) -> None:
@@ -105,13 +111,17 @@ class Points:
         self._code_last: dict[tuple, int] = {}  # (uthread, addr) -> instruction count of the last entry
         self._code_targets: dict[tuple, list] = {}  # (uthread, addr, nth) -> [(offset, action)]
         self._code_names: dict[int, tuple[str, str]] = {}  # watched addr -> (key, name)
+        self._mutex_counts: Counter = Counter()  # (uthread, mutex) -> acquisitions so far
+        self._mutex_targets: dict[tuple, list] = {}  # (uthread, mutex, nth) -> actions
+        self._logged_mutexes: frozenset = frozenset()  # opt-in: a busy mutex would crowd LOG_LIMIT
 
     # -- targets ----------------------------------------------------------------------------
 
-    def record(self, code_symbols=()) -> None:
-        """Log every point the run passes: op calls, vcore-context entries, and entries into every
-        declared RAS and each of `code_symbols`."""
+    def record(self, code_symbols=(), mutexes=()) -> None:
+        """Log every point the run passes: op calls, vcore-context entries, entries into every declared
+        RAS and each of `code_symbols`, and acquisitions of the Mutexes named in `mutexes`."""
         self.log = []
+        self._logged_mutexes = frozenset(mutexes)
         ras = self.proc.ras
         for entry in ras.table.entries if ras is not None else ():
             self._watch(entry.start, "ras", self.symbol_at(entry.start) or hex(entry.start))
@@ -128,6 +138,8 @@ class Points:
         elif "in" in when or "in_op" in when:
             op = VCORE_CONTEXT_OP if "in" in when else when["in_op"]
             self._op_targets.setdefault((op, when["vcore"], when["nth"]), []).append((what, when, fn))
+        elif "mutex" in when:
+            self._mutex_targets.setdefault((when["uthread"], when["mutex"], when["nth"]), []).append((what, when, fn))
         else:
             key = "ras" if "ras" in when else "code"
             addr = self.resolve(when[key], key)
@@ -179,6 +191,22 @@ class Points:
             for what, when, fn in actions:
                 engine.schedule(engine.time(), "inject", self._fire, what, when, fn, vcore)
             engine.sync()  # the preemption lands here, before the op runs
+
+    def on_mutex(self, name: str, uth) -> None:
+        """sync.Mutex: uth, running, has just acquired the mutex `name` (by the fast path, or handed over)."""
+        key = (uth.name, name)
+        self._mutex_counts[key] += 1
+        nth = self._mutex_counts[key]
+        log = self.log
+        if log is not None and name in self._logged_mutexes and len(log) < LOG_LIMIT:
+            log.append({"mutex": name, "uthread": uth.name, "nth": nth})
+        actions = self._mutex_targets.pop((uth.name, name, nth), None)
+        if actions:
+            engine = self.proc.engine
+            vc = engine.current
+            for what, when, fn in actions:
+                engine.schedule(engine.time(), "inject", self._fire, what, when, fn, vc.id if vc is not None else None)
+            engine.sync()  # the preemption lands here, before the uthread goes on holding it
 
     def _on_code(self, addr: int, ran: int) -> bool:
         """A CPU watch: the running uthread is about to run the instruction at addr.  True stops its slice."""

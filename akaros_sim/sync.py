@@ -145,6 +145,8 @@ class Mutex:
             self.count -= 1
             self.owner = uth
             self._lock.unlock()
+            if proc.points is not None:  # an injection point "holding this mutex" (points.py)
+                proc.points.on_mutex(self.name, uth)
             return True
         return False
 
@@ -156,6 +158,8 @@ class Mutex:
         vc = proc.engine.current
         proc.trace_event(vc, "mutex_block", uth=uth, mutex=self.name)
         uthread_yield(proc, vc, uth, True, self._block_cb)  # unlock hands the mutex over: owner is set
+        if proc.points is not None:  # handed over, it holds the mutex as it runs again
+            proc.points.on_mutex(self.name, uth)
 
     def timed_lock(self, ns: int) -> bool:
         """uth_mutex_timed_lock (uth_semaphore_timed_down) with a timeout ns from now: True if it got
@@ -168,7 +172,10 @@ class Mutex:
         vc = proc.engine.current
         proc.trace_event(vc, "mutex_block", uth=uth, mutex=self.name, timeout_ns=ns)
         uthread_yield(proc, vc, uth, True, self._block_cb)
-        return timeout.finish()
+        got = timeout.finish()
+        if got and proc.points is not None:
+            proc.points.on_mutex(self.name, uth)
+        return got
 
     def _block_cb(self, uth: Uthread, _arg) -> None:
         proc = current_proc("Mutex")

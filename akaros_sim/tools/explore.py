@@ -61,12 +61,13 @@ class Exploration:
 def explore(scenario: Scenario, strategy: str = "random", seed: int = 0, runs: int = 100, depth: int = 3,
             max_preemptions: int = 2, oracle=None, watch=(), shrink_it: bool = True, progress=None, *,
             kinds=("preempt",), workers: int = 1, dask: str | None = None, time_s: float | None = None,
-            liveness_ns: int | None = None, explain: bool = True) -> Exploration:  # fmt: skip
+            liveness_ns: int | None = None, explain: bool = True, mutexes=()) -> Exploration:  # fmt: skip
     """Record the points a first run passes, then try schedules until one fails; shrink and explain it.
 
     kinds: what may be injected (KINDS); workers/dask: the sweep's executor; time_s: a host-time budget
     checked between batches; liveness_ns: the liveness mode (a uthread runnable longer than this, or never
-    finishing, fails) instead of the safety oracles.
+    finishing, fails) instead of the safety oracles; mutexes: names of Mutexes whose acquisitions are points
+    too (a uthread preempted holding one).
     """
     if strategy not in STRATEGIES:
         raise ExploreError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
@@ -74,7 +75,7 @@ def explore(scenario: Scenario, strategy: str = "random", seed: int = 0, runs: i
     if bad or not kinds:
         raise ExploreError(f"--kinds: unknown kind(s) {', '.join(bad) or '(none)'} (known: {', '.join(KINDS)})")
     ranges = dict((w.partition("..")[0], w.partition("..")[2]) for w in watch)  # start -> end symbol or ""
-    first = run_choices(scenario, (), oracle, tuple(ranges), record=True, liveness_ns=liveness_ns)
+    first = run_choices(scenario, (), oracle, tuple(ranges), record=True, liveness_ns=liveness_ns, mutexes=mutexes)
     names = [a.name for a in scenario.expect.sometimes]
     if first.failure is not None:
         return Exploration(1, first, first, gaps=_gaps(names, first.sometimes))
@@ -243,6 +244,9 @@ def add_parser(sub, common) -> None:
                    help=f"what to inject: {', '.join(KINDS)} (default preempt)")  # fmt: skip
     p.add_argument("--watch", action="append", default=[],
                    help="also preempt inside code at SYMBOL or SYMBOL..END (no RAS needed); repeatable")
+    p.add_argument("--mutex", action="append", default=[], metavar="NAME",
+                   help="also preempt a uthread right after it acquires the Mutex NAME (its name in the trace); "
+                        "repeatable")  # fmt: skip
     p.add_argument("--oracle", help="module:function(sim, result) -> bool or a message")
     p.add_argument("--liveness", metavar="BOUND_NS",
                    help="liveness mode: fail when a uthread stays runnable longer than BOUND_NS or never finishes")
@@ -266,7 +270,13 @@ def _argv(args) -> list[str]:
             out += [option, str(value)]
     for watch in args.watch:
         out += ["--watch", watch]
+    for name in _mutexes(args):
+        out += ["--mutex", name]
     return out
+
+
+def _mutexes(args) -> tuple[str, ...]:
+    return tuple(getattr(args, "mutex", None) or ())  # a Namespace built by hand (older callers) may lack it
 
 
 def main(args) -> int:
@@ -289,7 +299,8 @@ def main(args) -> int:
         progress = Progress(args.runs)
         result = explore(scenario, args.strategy, args.seed, args.runs, args.depth, args.max_preemptions, oracle,
                          args.watch, progress=progress, kinds=tuple(k for k in args.kinds.split(",") if k),
-                         workers=jobs, dask=args.dask, time_s=args.time, liveness_ns=liveness_ns)  # fmt: skip
+                         workers=jobs, dask=args.dask, time_s=args.time, liveness_ns=liveness_ns,
+                         mutexes=_mutexes(args))  # fmt: skip
     except (ExploreError, ScenarioError, PointError, SweepError) as exc:
         print(f"akaros-sim explore: {exc}", file=sys.stderr)
         return 2

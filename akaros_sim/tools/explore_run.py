@@ -169,13 +169,14 @@ def apply_choice(sim, choice: dict) -> None:
 
 
 def run_choices(scenario: Scenario, choices, oracle=None, watch=(), record: bool = False,
-                liveness_ns: int | None = None) -> Outcome:  # fmt: skip
-    """Build the scenario, apply the choices, run it, and ask the oracles (liveness_ns: the liveness mode)."""
+                liveness_ns: int | None = None, mutexes=()) -> Outcome:  # fmt: skip
+    """Build the scenario, apply the choices, run it, and ask the oracles (liveness_ns: the liveness mode;
+    with record, the points passed are logged: entries into `watch` symbols and acquisitions of `mutexes` too)."""
     choices = tuple(choices)
     sim = build(scenario)
     sim.trace.header["schedule"] = {"format": format_of(choices), "choices": [dict(c) for c in choices]}
     if record:
-        points_of(sim.proc).record(watch)
+        points_of(sim.proc).record(watch, mutexes)
     for choice in choices:
         apply_choice(sim, choice)
     result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)

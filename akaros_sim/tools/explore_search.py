@@ -32,7 +32,8 @@ DELAY_NS = 200_000
 
 
 def candidates(log, vcores: int, ras_lengths: dict) -> list[dict]:
-    """The points worth an injection, in the order the first run passed them."""
+    """The points worth an injection, in the order the first run passed them (acquisitions of a Mutex are
+    in the log only for the Mutexes explore was asked to watch: Points.record)."""
     out = []
     for point in log:
         if "in_op" in point and (point["in_op"] not in INTERESTING_OPS or point["vcore"] < 0):
