@@ -43,8 +43,7 @@ from akaros_sim.disasm import disassemble
 from akaros_sim.interpose import FaultStatus
 from akaros_sim.memory import PAGE_SIZE
 from akaros_sim.points import PointError, points_of
-from akaros_sim.tools.expect import check_expectations
-from akaros_sim.tools.explore_run import ExploreError, resolve_oracle
+from akaros_sim.tools.explore_run import ExploreError, judge, resolve_oracle
 from akaros_sim.tools.scenario import Scenario, ScenarioError, build, load_scenario, parse_overrides
 from akaros_sim.tools.shipped import find_scenario
 
@@ -127,22 +126,6 @@ class RasReport:
 # -- one perturbed run ------------------------------------------------------------------------------------
 
 
-def judge(scenario: Scenario, sim, result, oracle=None) -> str | None:
-    """The first broken oracle, in words: the 2LS contract, the scenario's expected effects, the user's
-    oracle(sim, result) -> bool or a message."""
-    report = result.report or ""
-    if "2LS contract" in report:
-        return report.splitlines()[0]
-    for c in check_expectations(scenario.expect, sim, result, schedule=False):
-        if not c.ok and EFFECTS.match(c.name):
-            return f"{c.name}: expected {c.expected!r}, got {c.got!r}"
-    if oracle is not None:
-        verdict = oracle(sim, result)
-        if verdict is False or isinstance(verdict, str):
-            return f"oracle: {verdict if isinstance(verdict, str) else 'returned False'}"
-    return None
-
-
 def run_one(scenario: Scenario, perturbation: str, uthread: str, insns: int, oracle=None, trace: bool = True):
     """Run the scenario with `perturbation` when `uthread` has retired `insns` instructions.
 
@@ -179,7 +162,8 @@ def run_one(scenario: Scenario, perturbation: str, uthread: str, insns: int, ora
         sim.register_fault_handler(refill)
     sim.at_insns(uthread, max(insns, 1), f"ras-check {perturbation}", fire)
     result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
-    return judge(scenario, sim, result, oracle), sim, sim.trace.digest() if sim.trace else "", landed.get("rip")
+    digest = sim.trace.digest() if sim.trace else ""
+    return judge(scenario, sim, result, oracle, EFFECTS.match), sim, digest, landed.get("rip")
 
 
 # -- the sequences ------------------------------------------------------------------------------------------
@@ -268,7 +252,8 @@ def check(scenario: Scenario, perturbations=PERTURBATIONS, targets: int = 2, ran
         raise RasCheckError(f"{scenario.path.name}: no restartable sequence to check (declare one, or name "
                             "code with --range START..END)")  # fmt: skip
     entries = _record_entries(sim, sorted({s[1] for s in seqs}))
-    first = judge(scenario, sim, sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns), oracle)
+    first = judge(scenario, sim, sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns), oracle,
+                  EFFECTS.match)
     if first is not None:
         raise RasCheckError(f"{scenario.path.name}: the unperturbed run fails already: {first}")
     results = []
