@@ -301,14 +301,14 @@ class Process:
     def watch_stalls(self, uth: Uthread) -> None:
         """The stall watchdog (as sched_ext's): no uthread waits longer than stall_ns to be run by the 2LS.
 
-        Checked for each uthread as it runs, and for every uthread every STALL_SCAN_RUNS runs (a
-        count, not a time: the check leaves no mark on the schedule or the trace).
+        Checked for each uthread as it runs, and for all every max(STALL_SCAN_RUNS, uthreads) runs: O(1)
+        a run, and a count, not a time, so the check leaves no mark on the schedule or the trace.
         """
         now, limit = self.engine.time(), self.stall_ns
         if now - uth.runnable_at > limit:
             self._stalled(uth, now)
         if self.runs_to_scan <= 0:
-            self.runs_to_scan = STALL_SCAN_RUNS
+            self.runs_to_scan = max(STALL_SCAN_RUNS, len(self.uthreads))
             held = {vc.current_uthread for vc in self.engine.vcores}
             for other in self.uthreads:
                 if (not other.done and other.waits_for is None and other not in held
