@@ -80,9 +80,10 @@ def sim_run(vcores: int, uthreads: int, calls: int, ns: int) -> dict:
         total += elapsed
     elapsed = total / RUNS_PER_REPETITION
     work = sum(vc.uthread_ns for vc in result.vcores)
-    if result.end is not RunEnd.ALL_EXITED or work != uthreads * calls * ns:
+    expected = uthreads * (calls * ns + sim.costs.python_step_ns)  # uthread time: the work, and each exit's step
+    if result.end is not RunEnd.ALL_EXITED or work != expected:
         raise SystemExit(f"{vcores} vcores: run ended {result.end.name} after {work} ns of uthread time, "
-                         f"expected ALL_EXITED after {uthreads * calls * ns}")  # fmt: skip
+                         f"expected ALL_EXITED after {expected}")  # fmt: skip
     return {
         "seconds": elapsed,
         "time_ns": result.time_ns,
