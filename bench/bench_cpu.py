@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_HOOK_TLB_FILL, UC_MODE_64, UC_TLB_VIRTUAL, Uc, UcError  # noqa: E402
 from unicorn import x86_const as x86  # noqa: E402
 from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 
+from akaros_sim.asm import assemble  # noqa: E402
 from akaros_sim.context import UserContext  # noqa: E402
 from akaros_sim.cpu import Cpu  # noqa: E402
 from akaros_sim.memory import AddressSpace, Prot  # noqa: E402
@@ -63,7 +63,8 @@ FAULT = "mov rbx, [rax]"
 
 
 def asm(src: str, addr: int) -> bytes:
-    return bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, addr, as_bytes=True)[0])
+    """The code bytes of src at addr, from the project's assembler (keystone or clang, whichever is here)."""
+    return assemble(src, addr, name="bench").segments[0].data
 
 
 def raw_uc(spans: list[tuple[int, int, int]], virtual_tlb: bool) -> Uc:

@@ -152,7 +152,7 @@ def lookup_ns(table: ExceptionTable, rips: list[int], expect_hit: bool) -> float
 
 def repetition(n: int) -> dict[str, float]:
     """One repetition of (a) and (b), interleaved so machine noise hits all alike (in a fresh process)."""
-    runtime_fault_loop(50, UNMAPPED)  # warm: calibration, keystone, capstone caches
+    runtime_fault_loop(50, UNMAPPED)  # warm: calibration, the assembler, capstone caches
     out: dict[str, float] = {}
     out["ours"], _ = per_iteration(n, UNMAPPED)
     out["clean"], out["clean_insns"] = per_iteration(n * CLEAN_FACTOR, GOOD)

@@ -198,7 +198,7 @@ def raw_variant(n: int) -> float:
 
 def repetition(n: int, nm: int, u: int) -> dict[str, list]:
     """One repetition of every variant, interleaved so machine noise hits all alike (in a fresh process)."""
-    guest_variant(RAS_LOOP, 400, u)  # warm: keystone, Unicorn translation, imports
+    guest_variant(RAS_LOOP, 400, u)  # warm: the assembler, Unicorn translation, imports
     mutex_variant(40, u)
     return {
         "ras": guest_variant(RAS_LOOP, n, u),

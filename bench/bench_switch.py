@@ -192,7 +192,7 @@ def raw_throughput(virtual_tlb: bool, slices: int) -> float:
 
 def throughput(slices: int) -> dict[str, float]:
     """(b) in a fresh process: raw (both TLB modes) and ours, interleaved."""
-    ours_throughput(TP_UTHREADS)  # warm: keystone, imports, first-call paths
+    ours_throughput(TP_UTHREADS)  # warm: the assembler, imports, first-call paths
     out = {"raw_default": raw_throughput(False, slices), "raw_virtual": raw_throughput(True, slices)}
     out |= ours_throughput(slices)
     return out
