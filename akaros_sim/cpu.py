@@ -352,6 +352,9 @@ class Cpu:
         finally:
             self._running = False
         uclib.uc_reg_read_batch(self._uch, self._reg_ids, ptrs, _NREGS)
+        if self._hook_error is not None:
+            exc, self._hook_error = self._hook_error, None
+            raise CpuError(f"the TLB fill hook raised {type(exc).__name__}: {exc}") from exc
         counter = self._counter.value
         if self._watch_stop and status == ucc.UC_ERR_OK:
             self.retired += counter - 1  # the watched instruction has not run
@@ -370,9 +373,6 @@ class Cpu:
         return stop
 
     def _classify(self, ctx: UserContext, status: int, counter: int) -> StopReason:
-        if self._hook_error is not None:
-            exc, self._hook_error = self._hook_error, None
-            raise CpuError(f"the TLB fill hook raised {type(exc).__name__}: {exc}") from exc
         if self._syscall:
             # Hardware: rcx <- next rip, r11 <- rflags.  Unicorn sets neither.
             ctx.rcx, ctx.r11 = ctx.rip, ctx.rflags
