@@ -187,10 +187,7 @@ class Points:
                 log.append({"in_op": name, "vcore": vcore, "nth": nth})
         actions = self._op_targets.pop((name, vcore, nth), None)
         if actions:
-            engine = self.proc.engine
-            for what, when, fn in actions:
-                engine.schedule(engine.time(), "inject", self._fire, what, when, fn, vcore)
-            engine.sync()  # the preemption lands here, before the op runs
+            self._fire_here(actions, vcore)  # the preemption lands here, before the op runs
 
     def on_mutex(self, name: str, uth) -> None:
         """sync.Mutex: uth, running, has just acquired the mutex `name` (by the fast path, or handed over)."""
@@ -202,11 +199,15 @@ class Points:
             log.append({"mutex": name, "uthread": uth.name, "nth": nth})
         actions = self._mutex_targets.pop((uth.name, name, nth), None)
         if actions:
-            engine = self.proc.engine
-            vc = engine.current
-            for what, when, fn in actions:
-                engine.schedule(engine.time(), "inject", self._fire, what, when, fn, vc.id if vc is not None else None)
-            engine.sync()  # the preemption lands here, before the uthread goes on holding it
+            vc = self.proc.engine.current
+            self._fire_here(actions, vc.id if vc is not None else None)  # before uth goes on holding it
+
+    def _fire_here(self, actions, vcore) -> None:
+        """Run each (what, when, fn) in kernel context now, before the caller goes on (it waits here)."""
+        engine = self.proc.engine
+        for what, when, fn in actions:
+            engine.schedule(engine.time(), "inject", self._fire, what, when, fn, vcore)
+        engine.sync()
 
     def _on_code(self, addr: int, ran: int) -> bool:
         """A CPU watch: the running uthread is about to run the instruction at addr.  True stops its slice."""
