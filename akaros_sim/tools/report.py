@@ -525,11 +525,6 @@ _JS_MAIN = """
 """
 
 
-def render(trace: Trace) -> str:
-    """The page, as text."""
-    return _page(trace)[0]
-
-
 def _page(trace: Trace) -> tuple[str, Chart]:
     m = from_trace(trace)
     chart = walk(trace)
