@@ -452,7 +452,7 @@ class Cpu:
         self._live = None
         self._counter = None
         self._uc = self._uch = self._uc_ctx = None
-        self._tsc_cb = None
+        self._tsc_cb = self._tlb_cb = None
         self.tsc = self.instructions
         self.mem.release()
 
