@@ -261,6 +261,9 @@ def test_the_cli_with_jobs_is_quiet_on_a_pipe_and_names_bad_options(tmp_path, ca
                           (dict(jobs="0"), "--jobs: expected an integer >= 1, got '0'"),
                           (dict(liveness="soon"), "--liveness: expected an integer >= 1, got 'soon'"),
                           (dict(time=-1.0), "--time: expected seconds > 0"),
+                          (dict(runs="-3"), "--runs: expected an integer >= 1, got '-3'"),
+                          (dict(depth=0), "--depth: expected an integer >= 1, got '0'"),
+                          (dict(max_preemptions=0), "--max-preemptions: expected an integer >= 1, got '0'"),
                           (dict(oracle="nosuch_module:f"), "--oracle nosuch_module:f: No module named")):  # fmt: skip
         assert ex.main(_args(path, **{**kw, **bad})) == 2
         err = capsys.readouterr().err

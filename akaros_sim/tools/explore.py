@@ -294,6 +294,8 @@ def main(args) -> int:
             print(f"replayed {len(out.choices)} choice(s): {out.failure or 'no failure'} (trace {out.digest[:16]})")
             return 1 if out.failure else 0
         jobs = _positive("--jobs", args.jobs)
+        for option, value in (("--runs", args.runs), ("--depth", args.depth), ("--max-preemptions", args.max_preemptions)):
+            _positive(option, str(value))
         if args.time is not None and args.time <= 0:
             raise ExploreError(f"--time: expected seconds > 0, got {args.time}")
         progress = Progress(args.runs)
