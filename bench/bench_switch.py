@@ -39,7 +39,10 @@ ratios are computed from medians.
     uthread); and all exited and joined (still referenced by main, their
     trace records kept; RSS keeps some of what the live point freed, so this
     is not what a joined uthread alone holds).  The trace-on lines say how
-    many records each uthread has added so far.  If R runs of each would take longer than
+    many records each uthread has added so far.  Beside the live figure, N
+    raw greenlets started and suspended in a fresh process: the floor under
+    a live uthread (on CPython 3.11 each started greenlet gets its own
+    data-stack chunk for its frames).  If R runs of each would take longer than
     --budget seconds, the largest N that fits (estimated from a pilot run) is
     used and a line says so.
 
@@ -56,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenlet import GreenletExit, greenlet  # noqa: E402
+from greenlet import GreenletExit, getcurrent, greenlet  # noqa: E402
 from unicorn import x86_const as x86  # noqa: E402
 
 from akaros_sim import parlib  # noqa: E402
@@ -245,6 +248,23 @@ def many_uthreads(n: int, trace: bool) -> dict:
     return out
 
 
+def raw_live(n: int) -> dict:
+    """(c) in a fresh process: RSS growth per raw greenlet started and suspended (what a live uthread builds on)."""
+
+    def body(i: int) -> None:
+        main.switch()  # suspended here, as a uthread in its yield
+
+    main = getcurrent()
+    gls = [greenlet(body) for _ in range(n)]
+    rss0 = rss_bytes()
+    for i, gl in enumerate(gls):
+        gl.switch(i)
+    grown = rss_bytes() - rss0
+    for gl in gls:
+        gl.throw(GreenletExit)
+    return {"rss": grown}
+
+
 def many_uthreads_warm(n: int, trace: bool) -> dict:
     """(c) in a fresh process, after a small warm-up run (imports, the first Cpu, first-call paths)."""
     many_uthreads(10, trace)
@@ -255,7 +275,8 @@ def many_uthreads_warm(n: int, trace: bool) -> dict:
 
 
 def main() -> None:
-    if serve({"ping_pong": ping_pong, "throughput": throughput, "many_uthreads": many_uthreads_warm}):
+    if serve({"ping_pong": ping_pong, "throughput": throughput, "many_uthreads": many_uthreads_warm,
+              "raw_live": raw_live}):
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--yields", type=int, default=3000, help="round trips per ping-pong measurement")
@@ -281,9 +302,11 @@ def main() -> None:
     if n * per * repeat > args.budget:
         n = max(pilot_n, int(args.budget / per / repeat) // 1000 * 1000)
     many: dict[bool, list[dict]] = {True: [], False: []}
+    raw_live_kib = []
     for _ in range(repeat):
         for trace in (True, False):
             many[trace].append(fresh(__file__, "many_uthreads", n=n, trace=trace))
+        raw_live_kib.append(fresh(__file__, "raw_live", n=n)["rss"] / n / 1024)
 
     table = Figures(repeat, width=62)
     table.header()
@@ -323,6 +346,8 @@ def main() -> None:
             records = runs[0][point]["records"] / n
             table.row(f"(c) {what}, {how}", [m[point]["rss"] / n / 1024 for m in runs], "KiB",
                       note=f"({records:.0f} records per uthread so far)" if trace else "")  # fmt: skip
+        if point == "live":
+            table.row("(c) RSS per raw greenlet, started and suspended", raw_live_kib, "KiB")
     print(f"switch ratio: {median(ours) / median(raw_pair):.2f}")
 
 
