@@ -43,7 +43,7 @@ source means the same to both):
 - How cross-section references are resolved and a failing line found:
   akaros_sim.asm_keystone.
 - An unterminated string hangs keystone and an unbalanced `[` reads as
-  `[0]`; both are rejected before keystone runs.
+  `[0]`; both are rejected before either backend runs.
 """
 
 from __future__ import annotations
@@ -160,13 +160,13 @@ def assemble(
 def _assemble_cached(source: str, base: int, name: str, data_base: int | None, backend: str) -> Program:
     parsed = _parse(source, name)
     if backend == "clang":
-        text, data, dbase, ks_labels = _clang(name, parsed, base, data_base)
+        text, data, dbase, raw_labels = _clang(name, parsed, base, data_base)
     else:
         try:
-            text, data, dbase, ks_labels = asm_keystone.layout(name, parsed.text, parsed.data, base, data_base)
+            text, data, dbase, raw_labels = asm_keystone.layout(name, parsed.text, parsed.data, base, data_base)
         except asm_keystone.KeystoneAsmError as e:
             raise AsmError(str(e), e.lineno) from None
-    labels = {_unmangle(n): a for n, a in ks_labels.items()}
+    labels = {_unmangle(n): a for n, a in raw_labels.items()}
     if text and data and dbase < base + len(text) and base < dbase + len(data):
         raise AsmError(f"{name}: data_base {dbase:#x} overlaps .text [{base:#x}, {base + len(text):#x})")
     segments = []

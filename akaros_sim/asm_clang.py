@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import struct
 import subprocess
@@ -30,6 +29,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from akaros_sim import toolchain
+from akaros_sim.memory import page_up
 
 __all__ = ["ClangAsmError", "assemble_sections"]
 
@@ -76,15 +76,11 @@ def assemble_sections(text_lines: Sequence, data_lines: Sequence, base: int, dat
     with io.BytesIO(outcome) as f:
         elf = ELFFile(f)
         text, _ = _section(elf, ".text", base)
-        data, dbase = _section(elf, ".data", data_base if data_base is not None else _page_up(base + len(text)))
+        data, dbase = _section(elf, ".data", data_base if data_base is not None else page_up(base + len(text)))
         table = elf.get_section_by_name(_TABLE)
         table = table.data() if table is not None else b""
     addrs = struct.unpack(f"<{len(labels)}Q", table) if labels else ()
     return text, data, dbase, dict(zip(labels, addrs, strict=True))
-
-
-def _page_up(addr: int) -> int:
-    return -(-addr // 4096) * 4096
 
 
 def _section(elf: ELFFile, name: str, default: int) -> tuple[bytes, int]:
@@ -165,12 +161,8 @@ def _cached(source: str, script: str) -> bytes | tuple[int, str]:
         line, _, why = path.with_suffix(".err").read_text(encoding="utf-8").partition("\n")
         return int(line), why
     outcome = _build(source, script)
-    folder.mkdir(parents=True, exist_ok=True)
     suffix, data = (".elf", outcome) if isinstance(outcome, bytes) else (".err", f"{outcome[0]}\n{outcome[1]}".encode())
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".asm-", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path.with_suffix(suffix))  # atomic: a concurrent build writes the same bytes
+    toolchain.store(path.with_suffix(suffix), data)
     return outcome
 
 

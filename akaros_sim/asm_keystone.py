@@ -20,7 +20,7 @@ import itertools
 import struct
 from collections.abc import Sequence
 
-from akaros_sim.memory import PAGE_SIZE
+from akaros_sim.memory import page_up
 
 try:
     import keystone
@@ -67,16 +67,12 @@ def layout(name: str, text_lines: Sequence, data_lines: Sequence, base: int, dat
     data_labels = {lab: data_guess for line in data_lines for lab in line.labels}
     for _ in range(_MAX_PASSES):
         text, text_labels = _assemble_section(ks, name, text_lines, base, data_labels)
-        dbase = data_base if data_base is not None else _page_up(base + len(text))
+        dbase = data_base if data_base is not None else page_up(base + len(text))
         data, new_data_labels = _assemble_section(ks, name, data_lines, dbase, text_labels)
         if new_data_labels == data_labels:  # .text was built with the right data addresses
             return text, data, dbase, {**text_labels, **data_labels}
         data_labels = new_data_labels
     raise KeystoneAsmError(f"{name}: cross-section label addresses did not settle after {_MAX_PASSES} passes")
-
-
-def _page_up(addr: int) -> int:
-    return -(-addr // PAGE_SIZE) * PAGE_SIZE
 
 
 def _assemble_section(ks, name: str, lines: Sequence, addr: int, extern: dict[str, int]):

@@ -31,7 +31,7 @@ from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.elf.constants import P_FLAGS, SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from akaros_sim.memory import PAGE_SIZE, Prot
+from akaros_sim.memory import PAGE_SIZE, Prot, page_up
 from akaros_sim.program import ExtableEntry, ExtableType, Program, RasEntry, Segment
 
 EXTABLE_SECTION = "__ex_table"
@@ -159,7 +159,7 @@ def _segments(where: str, elf: ELFFile, image: bytes) -> list[Segment]:
         segments.append(_segment(where, elf, image, phdr, index))
     segments.sort(key=lambda s: s.addr)
     for low, high in zip(segments, segments[1:], strict=False):
-        if _page_up(low.end) > high.addr:
+        if page_up(low.end) > high.addr:
             raise ElfError(
                 f"{where}: segments {low.name!r} [{low.addr:#x}, {low.end:#x}) and {high.name!r} "
                 f"[{high.addr:#x}, {high.end:#x}) overlap once rounded to {PAGE_SIZE}-byte pages"
@@ -201,10 +201,6 @@ def _segment(where: str, elf: ELFFile, image: bytes, phdr, index: int) -> Segmen
         name=" ".join(sections) or f"LOAD{index}",
         memsz=pad + memsz,
     )
-
-
-def _page_up(addr: int) -> int:
-    return -(-addr // PAGE_SIZE) * PAGE_SIZE
 
 
 def _symbols(elf: ELFFile) -> dict[str, int]:

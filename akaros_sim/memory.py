@@ -33,6 +33,13 @@ from unicorn import UC_PROT_ALL, Uc
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+
+
+def page_up(addr: int) -> int:
+    """addr rounded up to a page boundary."""
+    return -(-addr // PAGE_SIZE) * PAGE_SIZE
+
+
 _U64 = struct.Struct("<Q")
 # User addresses are [USER_MIN, USER_TOP): page 0 stays unmapped so NULL
 # faults, and the top 64 KiB below the canonical hole hold the emulated

@@ -2,8 +2,8 @@
 
 The compiler is Zig's clang, from the `ziglang` wheel (a dependency, with
 wheels for Linux x86-64/aarch64, macOS x86-64/arm64 and Windows), run as
-``python -m ziglang cc -target x86_64-linux-musl -static -nostdlib``: no
-system compiler is used.  Sources are `.c`, `.s` and `.S` files (assembly in
+``zig cc -target x86_64-linux-musl -static -nostdlib`` (the wheel's own zig
+binary): no system compiler is used.  Sources are `.c`, `.s` and `.S` files (assembly in
 clang's syntax: start it with ``.intel_syntax noprefix`` for Intel operands);
 the `.h` files beside them are the headers they may include.
 
@@ -64,9 +64,9 @@ def runtime_files() -> list[tuple[str, bytes]]:
     return [(p.relative_to(RUNTIME_DIR).as_posix(), p.read_bytes()) for p in files]
 
 
-def _runtime_args() -> list[str]:
-    """The compiler arguments that add the runtime: its include directory and its sources."""
-    sources = [name for name, _ in runtime_files() if name.endswith(".c")]
+def _runtime_args(runtime: list[tuple[str, bytes]]) -> list[str]:
+    """The compiler arguments that add the runtime (runtime_files()): its include directory and its sources."""
+    sources = [name for name, _ in runtime if name.endswith(".c")]
     return ["-I", f"{RUNTIME_PREFIX}/include", *(f"{RUNTIME_PREFIX}/{name}" for name in sources)]
 
 
@@ -182,13 +182,17 @@ def build(sources: Sequence[str | os.PathLike], cflags: Iterable[str] = ()) -> P
     cached = cache_dir() / "cc" / f"{key}.elf"
     if cached.is_file():
         return cached
-    data = compile_sources(sources, flags)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{key[:16]}-", suffix=".tmp")
+    store(cached, compile_sources(sources, flags))
+    return cached
+
+
+def store(path: Path, data: bytes) -> None:
+    """Write a cache file atomically: a concurrent build of the same key writes the same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".build-", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.replace(tmp, cached)  # atomic: a concurrent build writes the same bytes
-    return cached
+    os.replace(tmp, path)
 
 
 def compile_sources(sources: Sequence[str | os.PathLike], cflags: Iterable[str] = ()) -> bytes:
@@ -200,11 +204,12 @@ def compile_sources(sources: Sequence[str | os.PathLike], cflags: Iterable[str] 
     with tempfile.TemporaryDirectory(prefix="akaros-sim-cc-") as tmp:
         for name, data, _ in files:
             Path(tmp, name).write_bytes(data)
-        for name, data in runtime_files():
+        runtime = runtime_files()
+        for name, data in runtime:
             Path(tmp, RUNTIME_PREFIX, name).parent.mkdir(parents=True, exist_ok=True)
             Path(tmp, RUNTIME_PREFIX, name).write_bytes(data)
-        command = [sys.executable, "-m", "ziglang", "cc", *BASE_FLAGS, f"-ffile-prefix-map={tmp}=.",
-                   *DEFAULT_CFLAGS, *flags, *(Path(s).name for s in sources), *_runtime_args(), "-o", OUTPUT]  # fmt: skip
+        command = [*zig_command(), "cc", *BASE_FLAGS, f"-ffile-prefix-map={tmp}=.", *DEFAULT_CFLAGS, *flags,
+                   *(Path(s).name for s in sources), *_runtime_args(runtime), "-o", OUTPUT]  # fmt: skip
         env = dict(os.environ, SOURCE_DATE_EPOCH="0", ZERO_AR_DATE="1")
         try:
             proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, check=False)
@@ -223,4 +228,3 @@ def first_error(output: str, shown: dict[str, str] | None = None, returncode: in
     if sep and shown and name in shown:
         line = f"{shown[name]}:{rest}"
     return line
-
