@@ -16,6 +16,8 @@ EV_ALARM (kernel.py's number, 7) through `Kernel.send_event`.
 
 from __future__ import annotations
 
+import bisect
+
 import attrs
 
 from akaros_sim.kernel import EV_ALARM, EventMsg, EventQueue, ProcState
@@ -27,9 +29,11 @@ class AlarmWaiter:
 
     wake_ns: int
     func: object
-    data: object = None
-    seq: int = 0
     on_tchain: bool = False
+
+
+def _wake_ns(waiter: AlarmWaiter) -> int:
+    return waiter.wake_ns
 
 
 class AlarmService:
@@ -37,17 +41,14 @@ class AlarmService:
 
     def __init__(self, proc) -> None:
         self.proc = proc
-        self.tchain: list[AlarmWaiter] = []
-        self._seq = 0
+        self.tchain: list[AlarmWaiter] = []  # by wake_ns; equal times in the order they were set
         self._kernel_alarm = None  # the engine event armed for the head
         # init_alarm_service: register_ev_handler(EV_ALARM, handle_user_alarm, 0)
         proc.ev_handlers.setdefault(EV_ALARM, []).append(self._handle_user_alarm)
 
     def set_alarm(self, waiter: AlarmWaiter) -> None:
-        self._seq += 1
-        waiter.seq, waiter.on_tchain = self._seq, True
-        self.tchain.append(waiter)
-        self.tchain.sort(key=lambda w: (w.wake_ns, w.seq))
+        waiter.on_tchain = True
+        bisect.insort(self.tchain, waiter, key=_wake_ns)
         self._rearm()
 
     def unset_alarm(self, waiter: AlarmWaiter) -> bool:
@@ -93,9 +94,9 @@ def alarm_service(proc) -> AlarmService:
     return svc
 
 
-def set_alarm(proc, wake_ns: int, func, data=None) -> AlarmWaiter:
+def set_alarm(proc, wake_ns: int, func) -> AlarmWaiter:
     """init_awaiter + set_awaiter_abs + set_alarm: func(waiter) runs in vcore context at wake_ns."""
-    waiter = AlarmWaiter(wake_ns, func, data)
+    waiter = AlarmWaiter(wake_ns, func)
     alarm_service(proc).set_alarm(waiter)
     return waiter
 

@@ -25,6 +25,12 @@ _RFLAGS_INDEX = _REG_INDEX["rflags"]
 
 U64 = (1 << 64) - 1
 
+
+def neg_errno(code: int) -> int:
+    """-code as a syscall's 64-bit return value (what rax holds)."""
+    return -code & U64
+
+
 # rflags bits user code may change (CF PF AF ZF SF TF DF OF AC ID); IF and the
 # reserved bit 1 are always set, IOPL stays 0, as a kernel enforces on return.
 FL_USER_MASK = 0x0DD5 | 0x40000 | 0x200000

@@ -29,8 +29,8 @@ import errno
 import weakref
 
 from akaros_sim import join as _join
+from akaros_sim.context import neg_errno
 from akaros_sim.guestmem import write_for_guest
-from akaros_sim.kernel import neg_errno
 from akaros_sim.sync import CondVar, Mutex
 from akaros_sim.uthread import UthreadEntry, UthreadRunError
 

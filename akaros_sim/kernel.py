@@ -23,6 +23,7 @@ import errno
 
 import attrs
 
+from akaros_sim.context import U64, neg_errno
 from akaros_sim.engine import Entry, Interrupt, VcoreState
 from akaros_sim.ktime import nanosleep_usec
 from akaros_sim.memory import MemError
@@ -67,12 +68,6 @@ EV_ALARM = 7
 EV_SYSCALL = 10
 EV_CHECK_MSGS = 11
 EV_POSIX_SIGNAL = 12
-
-U64 = (1 << 64) - 1
-
-
-def neg_errno(code: int) -> int:
-    return -code & U64
 
 
 class SyscState(enum.Enum):
@@ -398,8 +393,7 @@ class Kernel:
             else:
                 # Nobody is online: post where the next grant will land (with every pcore away,
                 # on the vcore whose pcore comes back first).
-                back_first = sorted((vc for vc in vcores if not vc.online), key=lambda vc: vc.unavailable_until)
-                free = self._free_vcores() or back_first
+                free = self._free_vcores() or [min(vcores, key=lambda vc: vc.unavailable_until)]
                 if free and not target.mailbox and target not in free[:1]:
                     target = free[0]
         self.post(target, msg, notify=True)

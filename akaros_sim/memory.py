@@ -71,6 +71,10 @@ class Access(enum.IntEnum):
 # page is readable, EXEC needs NX clear, WRITE needs the W bit.
 _NEEDS = {Access.READ: Prot.READ, Access.WRITE: Prot.WRITE, Access.FETCH: Prot.EXEC}
 _ACCESS = {int(a): a for a in Access}  # Unicorn's access code -> Access, without the enum's Python-level call
+# (prot value, access code) -> the TLB perms to fill, or -1 to deny: plain ints, as IntFlag arithmetic is a
+# Python-level call and this answers every TLB fill
+_TLB_PERMS = {(p, int(a)): int(Prot(p) | Prot.READ) if Prot(p) & _NEEDS[a] or (a == Access.READ and p) else -1
+              for p in range(8) for a in Access}  # fmt: skip
 
 
 class MemError(ValueError):
@@ -179,9 +183,9 @@ class AddressSpace:
         vmr = self.lookup(addr)
         if vmr is not None and vmr.is_backed(addr):
             prot = vmr.prot
-            if prot & _NEEDS[access] or (access == Access.READ and prot):
-                perms = prot | Prot.READ if prot else prot
-                return int(perms)
+            perms = _TLB_PERMS[prot._value_, access]
+            if perms >= 0:
+                return perms
             self.last_fault = MemFault(addr, _ACCESS[access], True, True, prot)
             return -1
         if vmr is None:

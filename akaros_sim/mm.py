@@ -22,8 +22,8 @@ import errno
 
 import attrs
 
-from akaros_sim.context import PfErr, TrapNr
-from akaros_sim.memory import PAGE_SIZE, MemError, Prot
+from akaros_sim.context import PfErr, TrapNr, neg_errno
+from akaros_sim.memory import PAGE_SIZE, MemError, Prot, page_up
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -32,16 +32,7 @@ MAP_ANONYMOUS = 0x20  # kern/include/ros/mman.h (MAP_ANON)
 MAP_POPULATE = 0x8000
 MMAP_BASE = 0x2000_0000_0000  # where mmap places regions without MAP_FIXED
 
-_U64 = (1 << 64) - 1
 _VMR_BACKED = int(PfErr.VMR_BACKED)  # a plain int: IntFlag arithmetic is a Python-level call
-
-
-def _neg(code: int) -> int:
-    return -code & _U64
-
-
-def _pages(length: int) -> int:
-    return (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 class Mm:
@@ -55,42 +46,42 @@ class Mm:
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = 0, off: int = 0) -> int:
         """SYS_mmap (sys_mmap -> do_mmap): the address, or -errno."""
-        length = _pages(length)
+        length = page_up(length)
         if length == 0 or prot & ~7:
-            return _neg(errno.EINVAL)
+            return neg_errno(errno.EINVAL)
         fd &= 0xFFFF_FFFF  # an int, as do_mmap takes it: -1 is "no file"
         anon = bool(flags & MAP_ANONYMOUS) or bool(fd >> 31)
         mem = self.proc.mem
         if flags & MAP_FIXED:
             if addr % PAGE_SIZE:
-                return _neg(errno.EINVAL)
+                return neg_errno(errno.EINVAL)
             try:
                 mem.unmap(addr, length)
             except MemError:
-                return _neg(errno.EINVAL)
+                return neg_errno(errno.EINVAL)
         else:
             addr = self._next_mmap
             self._next_mmap += length + PAGE_SIZE  # leave a hole between regions
         try:
             mem.map(addr, length, Prot(prot), "mmap", backed=bool(flags & MAP_POPULATE), anon=anon)
         except MemError:
-            return _neg(errno.ENOMEM)
+            return neg_errno(errno.ENOMEM)
         return addr
 
     def munmap(self, addr: int, length: int) -> int:
         try:
-            self.proc.mem.unmap(addr, _pages(length))
+            self.proc.mem.unmap(addr, page_up(length))
         except MemError:
-            return _neg(errno.EINVAL)
+            return neg_errno(errno.EINVAL)
         return 0
 
     def mprotect(self, addr: int, length: int, prot: int) -> int:
         if prot & ~7:
-            return _neg(errno.EINVAL)
+            return neg_errno(errno.EINVAL)
         try:
-            self.proc.mem.protect(addr, _pages(length), Prot(prot))
+            self.proc.mem.protect(addr, page_up(length), Prot(prot))
         except MemError:
-            return _neg(errno.ENOMEM)
+            return neg_errno(errno.ENOMEM)
         return 0
 
     # -- page faults ---------------------------------------------------------------------------

@@ -39,7 +39,9 @@ CAUSES = {
 BLOCK_FLAG_CAUSES = {1: "mutex", 2: "eventq", 3: "yield", 4: "misc"}  # uthread_has_blocked flags
 
 VCORE_STATES = ("offline", "online", "preempted")
-_VCORE_RECORDS = {"vcore_online": "online", "vcore_offline": "offline", "preempt": "preempted"}
+# (change_to_vcore is recorded on the vcore that gives its pcore away: it is offline from there)
+_VCORE_RECORDS = {"vcore_online": "online", "vcore_offline": "offline", "preempt": "preempted",
+                  "change_to_vcore": "offline"}  # fmt: skip
 
 
 class UthreadTimes:
@@ -150,8 +152,6 @@ class Timeline:
                     timeline.change(rec.t, rec.uth, state, rec.get("cause", ""), rec.vc)
             elif kind in _VCORE_RECORDS:
                 timeline.vcore(rec.t, rec.vc, _VCORE_RECORDS[kind])
-            elif kind == "change_to_vcore":  # the peer gave its pcore away: it is offline from here
-                timeline.vcore(rec.t, rec.get("from"), "offline")
             elif kind == "signal":
                 timeline.signal(rec.uth)
         return timeline
@@ -185,8 +185,8 @@ def spans(trace) -> tuple[dict[str, list[tuple]], dict[int, list[tuple]], int]:
                 open_uth.pop(name, None)
             else:
                 open_uth[name] = (rec.t, state, rec.get("cause", ""), rec.vc)
-        elif rec.kind in _VCORE_RECORDS or rec.kind == "change_to_vcore":
-            vc, new = (rec.vc, _VCORE_RECORDS[rec.kind]) if rec.kind != "change_to_vcore" else (rec.get("from"), "offline")
+        elif rec.kind in _VCORE_RECORDS:
+            vc, new = rec.vc, _VCORE_RECORDS[rec.kind]
             vcores.setdefault(vc, [])
             since, state = open_vc.get(vc, (0, "offline"))
             if rec.t != since:
