@@ -241,7 +241,7 @@ def test_the_lossy_2ls_is_decided_by_a_preemption_before_the_uthread_exits(tmp_p
 
 def _args(scenario: str, **kw):
     base = dict(scenario=scenario, sched=None, strategy="random", seed=1, runs=200, time=None, depth=3,
-                max_preemptions=2, kinds="preempt", watch=[], oracle=None, liveness=None, jobs="1", dask=None,
+                max_preemptions=2, kinds="preempt", watch=[], mutex=[], oracle=None, liveness=None, jobs="1", dask=None,
                 out=None, replay=None, trace=None)  # fmt: skip
     base.update(kw)
     base["runs"] = int(base["runs"])

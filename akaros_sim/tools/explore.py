@@ -270,13 +270,11 @@ def _argv(args) -> list[str]:
             out += [option, str(value)]
     for watch in args.watch:
         out += ["--watch", watch]
-    for name in _mutexes(args):
+    for name in args.mutex:
         out += ["--mutex", name]
     return out
 
 
-def _mutexes(args) -> tuple[str, ...]:
-    return tuple(getattr(args, "mutex", None) or ())  # a Namespace built by hand (older callers) may lack it
 
 
 def main(args) -> int:
@@ -302,7 +300,7 @@ def main(args) -> int:
         result = explore(scenario, args.strategy, args.seed, args.runs, args.depth, args.max_preemptions, oracle,
                          args.watch, progress=progress, kinds=tuple(k for k in args.kinds.split(",") if k),
                          workers=jobs, dask=args.dask, time_s=args.time, liveness_ns=liveness_ns,
-                         mutexes=_mutexes(args))  # fmt: skip
+                         mutexes=tuple(args.mutex))  # fmt: skip
     except (ExploreError, ScenarioError, PointError, SweepError) as exc:
         print(f"akaros-sim explore: {exc}", file=sys.stderr)
         return 2

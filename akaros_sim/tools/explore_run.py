@@ -97,6 +97,9 @@ def validate_choice(choice, where: str) -> dict:
         if not isinstance(value, types) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise ExploreError(f"{where}.{kind}.{key}: expected {'a name' if types is str else 'an int >= 0'}, "
                                f"got {value!r}")  # fmt: skip
+    if kind == "tick_storm" and not 1 <= spec["min_insns"] <= spec["max_insns"]:
+        raise ExploreError(f"{where}.{kind}: expected 1 <= min_insns <= max_insns, got {spec['min_insns']} and "
+                           f"{spec['max_insns']}")  # fmt: skip
     if kind == "delay_syscall" and spec["syscall"] not in _SYSCALL_NRS:
         raise ExploreError(f"{where}.{kind}.syscall: unknown syscall {spec['syscall']!r}")
     if kind == "protect" and _prot(spec["prot"]) is None:

@@ -11,6 +11,7 @@ count of runs would give.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import random
 import sys
@@ -150,11 +151,11 @@ def search(scenario, cands: list, planned, oracle=None, liveness_ns=None, worker
 
 
 class Progress:
-    """Runs so far as a rich bar on a terminal's stderr; nothing when stderr is piped."""
+    """Runs so far as a rich bar on a terminal's stderr; nothing when stderr is piped or rich is absent."""
 
     def __init__(self, total: int | None) -> None:
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and importlib.util.find_spec("rich") is not None:  # rich: the experiments extra
             from rich.console import Console  # noqa: PLC0415 - only on a terminal
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn  # noqa: PLC0415
 

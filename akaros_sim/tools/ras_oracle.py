@@ -132,7 +132,7 @@ def run_one(scenario: Scenario, perturbation: str, uthread: str, insns: int, ora
     Returns (failure or None, the Simulation, its trace digest ("" untraced), the rip where it landed)."""
     sim = build(scenario, trace=trace or oracle is not None)  # an oracle may read the trace
     proc = sim.proc
-    if sim.trace:
+    if sim.trace.enabled:  # (an empty Trace is falsy: it has no records yet)
         sim.trace.header["ras_check"] = {"perturbation": perturbation, "uthread": uthread, "insns": insns}
     landed: dict = {}
     evicted: list = []
@@ -162,7 +162,7 @@ def run_one(scenario: Scenario, perturbation: str, uthread: str, insns: int, ora
         sim.register_fault_handler(refill)
     sim.at_insns(uthread, max(insns, 1), f"ras-check {perturbation}", fire)
     result = sim.run(until_ns=scenario.until_ns, max_insns=scenario.max_insns)
-    digest = sim.trace.digest() if sim.trace else ""
+    digest = sim.trace.digest() if sim.trace.enabled else ""
     return judge(scenario, sim, result, oracle, EFFECTS.match), sim, digest, landed.get("rip")
 
 
@@ -246,6 +246,9 @@ def check(scenario: Scenario, perturbations=PERTURBATIONS, targets: int = 2, ran
         raise RasCheckError(f"unknown perturbation {bad[0]!r} (known: {', '.join(PERTURBATIONS)})")
     if scenario.vcores < 2:
         perturbations = tuple(p for p in perturbations if p != "migrate")  # no other vcore to go to
+        if not perturbations:
+            raise RasCheckError(f"{scenario.path.name}: --perturb migrate needs more than one vcore "
+                                f"(the scenario has {scenario.vcores})")  # fmt: skip
     sim = build(scenario, trace=oracle is not None)
     seqs = _sequences(sim, ranges)
     if not seqs:

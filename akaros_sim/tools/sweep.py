@@ -323,12 +323,19 @@ def _execute(todo: list[tuple[int, Task]], args, on_done) -> None:
         executor.run(run_one, todo, on_done)
 
 
+def need_distributed(dask: str | None) -> None:
+    """SweepError unless dask.distributed is installed, when `dask` asks for it."""
+    if dask is not None and importlib.util.find_spec("distributed") is None:
+        raise SweepError("--dask needs dask.distributed (pip install 'akaros-sim[experiments]')")
+
+
 class Executor:
     """Runs fn(item) for batches of items: in this process (jobs 1), on `jobs` local processes, or on Dask
     (an ADDRESS, or "local": a LocalCluster of `jobs` processes).  The pool or client lives from __enter__
     to __exit__, so that a caller submitting batch after batch (`akaros-sim explore`) starts it once."""
 
     def __init__(self, jobs: int, dask: str | None = None) -> None:
+        need_distributed(dask)
         self.jobs, self.dask = jobs, dask
         self._pool = self._client = self._cluster = None
 
@@ -474,8 +481,7 @@ def _sweep(args: argparse.Namespace) -> int:
     parquet = out.suffix == ".parquet"
     if parquet and importlib.util.find_spec("pyarrow") is None:
         raise SweepError(f"--out {out}: writing Parquet needs pyarrow (pip install pyarrow), or use a .csv")
-    if args.dask is not None and importlib.util.find_spec("distributed") is None:
-        raise SweepError("--dask needs dask.distributed (pip install 'akaros-sim[experiments]')")
+    need_distributed(args.dask)  # before anything is written
     sweep = plan_sweep(args)
     existing = _parquet_existing(out, sweep) if parquet else read_existing(out, sweep)
     try:
