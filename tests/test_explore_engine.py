@@ -197,6 +197,10 @@ def test_schedule_files_of_both_formats(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ex.ExploreError, match=r"choices\[0\]\.delay_syscall\.syscall: unknown syscall 'nosuch'"):
         ex.load(path)
+    doc["choices"] = [{"tick_storm": {"when": FIRST_BLOCK, "ns": 100, "min_insns": 9, "max_insns": 8}}]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ex.ExploreError, match=r"choices\[0\]\.tick_storm: expected 1 <= min_insns <= max_insns"):
+        ex.load(path)
 
 
 # -- windows and the deciding events ---------------------------------------------------------------------

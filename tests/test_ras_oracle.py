@@ -4,6 +4,7 @@ with the update they lose, the same twice, with a command that reruns the failur
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -140,6 +141,8 @@ def test_the_verb_prints_the_finding_and_a_command_that_reruns_it(tmp_path, caps
         assert main(command[1:]) == 1
         assert capsys.readouterr().out == (f"fault at w0:1003, 0x40001b: memory[0].main:total: expected 800, "
                                            f"got 672 (trace {digest})\n")  # fmt: skip
+    header = json.loads(Path("t.jsonl").read_text().splitlines()[0])
+    assert header["ras_check"] == {"perturbation": "fault", "uthread": "w0", "insns": 1003}
     assert main(["explain", "t.jsonl"]) == 0
     story = capsys.readouterr().out
     assert "injection: ras-check fault" in story and "w0 faults: #PF" in story
@@ -153,6 +156,7 @@ def test_the_verb_prints_the_finding_and_a_command_that_reruns_it(tmp_path, caps
     (["ras_misbounded", "--at", "w9:5", "--perturb", "fault"], "no uthread 'w9' retired 5 instructions"),
     (["ras_misbounded", "--trace", "t.jsonl"], "--trace goes with --at"),
     (["ras_misbounded", "--oracle", "nomodule"], "--oracle: expected module:function"),
+    (["ras_counter", "--perturb", "migrate"], "--perturb migrate needs more than one vcore (the scenario has 1)"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_naming_it(argv, message, capsys):
     assert main(["ras-check", *argv]) == 2
