@@ -103,6 +103,14 @@ def test_an_undeclared_range_is_checked_as_if_it_were_a_sequence(tmp_path):
     assert not report.sequences[0].declared
 
 
+def test_an_always_check_over_trace_records_is_judged_on_a_traced_run(tmp_path):
+    """Perturbed runs skip the trace unless something reads it: an always-count of records does."""
+    always = '\n[[expect.always]]\nname = "the run ends"\ntrace = "run_end"\ncount = 1\n'
+    scenario = load_scenario(counter(tmp_path, "ras_counter", lambda text: text + always))
+    report = ro.check(scenario, perturbations=("preempt",))
+    assert report.ok, findings(report)
+
+
 def test_the_report_is_the_same_twice():
     scenario = load_scenario(ROOT / "tests" / "ras_wrong_start.toml")
     assert ro.format_report(ro.check(scenario), "x") == ro.format_report(ro.check(scenario), "x")

@@ -126,11 +126,16 @@ class RasReport:
 # -- one perturbed run ------------------------------------------------------------------------------------
 
 
+def _reads_trace(scenario: Scenario, oracle) -> bool:
+    """Whether judging a run reads its trace: an oracle may, and an `always` check that counts records does."""
+    return oracle is not None or any(a.matcher is not None for a in scenario.expect.always)
+
+
 def run_one(scenario: Scenario, perturbation: str, uthread: str, insns: int, oracle=None, trace: bool = True):
     """Run the scenario with `perturbation` when `uthread` has retired `insns` instructions.
 
     Returns (failure or None, the Simulation, its trace digest ("" untraced), the rip where it landed)."""
-    sim = build(scenario, trace=trace or oracle is not None)  # an oracle may read the trace
+    sim = build(scenario, trace=trace or _reads_trace(scenario, oracle))
     proc = sim.proc
     if sim.trace.enabled:  # (an empty Trace is falsy: it has no records yet)
         sim.trace.header["ras_check"] = {"perturbation": perturbation, "uthread": uthread, "insns": insns}
@@ -249,7 +254,7 @@ def check(scenario: Scenario, perturbations=PERTURBATIONS, targets: int = 2, ran
         if not perturbations:
             raise RasCheckError(f"{scenario.path.name}: --perturb migrate needs more than one vcore "
                                 f"(the scenario has {scenario.vcores})")  # fmt: skip
-    sim = build(scenario, trace=oracle is not None)
+    sim = build(scenario, trace=_reads_trace(scenario, oracle))
     seqs = _sequences(sim, ranges)
     if not seqs:
         raise RasCheckError(f"{scenario.path.name}: no restartable sequence to check (declare one, or name "
